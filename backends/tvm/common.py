@@ -1,0 +1,93 @@
+"""Phases shared by every TVM target family: ONNX import, op coverage, VM runner."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from mcc.toolchain import ir
+from mcc.toolchain.errors import UnsupportedError
+
+#: ops the Relax ONNX frontend converts specially, outside its converter table
+SPECIAL_OPS = frozenset({"If"})
+
+
+def frontend_ops() -> frozenset[str]:
+    """Op types TVM's Relax ONNX frontend can convert (it matches by op_type and ignores domains)."""
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    return frozenset(onnx_frontend._get_convert_map()) | SPECIAL_OPS
+
+
+def unsupported_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Nodes TVM cannot import: op not converted, or a non-standard domain it would mis-map."""
+    supported = frontend_ops()
+    return [
+        node
+        for node in model.graph.node
+        if node.op_type not in supported or node.domain not in ir.DEFAULT_DOMAINS
+    ]
+
+
+def import_onnx(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]):
+    """Relax IRModule for a static-shape model; frontend refusals become UnsupportedError."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    dtypes = {}
+    for value in ir.graph_inputs(model):
+        dtypes[value.name] = str(ir.tensor_dtype(value.type.tensor_type.elem_type))
+    try:
+        with warnings.catch_warnings():
+            # the importer re-runs onnx.checker and turns its findings into UserWarnings;
+            # mcc has already checked the model
+            warnings.simplefilter("ignore", UserWarning)
+            return from_onnx(
+            model,
+                shape_dict={name: list(shape) for name, shape in input_shapes.items()},
+                dtype_dict=dtypes,
+                opset=ir.opset_version(model),
+            )
+    except (NotImplementedError, ValueError, TypeError, KeyError, AssertionError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedError(f"TVM's ONNX importer rejected the model: {type(exc).__name__}: {first}") from None
+
+
+class RelaxVMRunner:
+    """A compiled library loaded back from disk and run through the Relax VM."""
+
+    def __init__(self, library_path: Path, model: onnx.ModelProto, device: str = "cpu"):
+        import tvm
+        from tvm import relax
+
+        self.device = tvm.device(device, 0)
+        self.module = tvm.runtime.load_module(str(library_path))
+        self.vm = relax.VirtualMachine(self.module, self.device)
+        self.input_names = [value.name for value in ir.graph_inputs(model)]
+
+    def _arguments(self, inputs: dict[str, np.ndarray]):
+        import tvm
+
+        return [tvm.runtime.tensor(np.ascontiguousarray(inputs[name]), self.device) for name in self.input_names]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        result = self.vm["main"](*self._arguments(inputs))
+        return _flatten(result)
+
+    def time_ms(self, inputs: dict[str, np.ndarray], repeat: int = 20, number: int = 1) -> list[float]:
+        """Per-run latencies in ms from TVM's time_evaluator (after one warm-up call)."""
+        arguments = self._arguments(inputs)
+        self.vm["main"](*arguments)
+        evaluator = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
+        return [seconds * 1000.0 for seconds in evaluator(*arguments).results]
+
+
+def _flatten(value) -> list[np.ndarray]:
+    if hasattr(value, "numpy"):
+        return [value.numpy()]
+    outputs: list[np.ndarray] = []
+    for item in value:
+        outputs.extend(_flatten(item))
+    return outputs

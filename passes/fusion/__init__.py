@@ -1,0 +1,1 @@
+"""Fusions that merge neighbouring ops into one (algebra in each module's docstring)."""

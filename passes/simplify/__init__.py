@@ -1,0 +1,1 @@
+"""Simplifications that keep the computed function exactly: folding, dead code, no-op removal."""

@@ -1,0 +1,72 @@
+"""Remove nodes and initializers that no graph output depends on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import onnx
+
+from mcc.toolchain.passmanager import Pass, PassContext, PassResult
+
+
+@dataclass(frozen=True)
+class EliminateDeadNodes(Pass):
+    """Remove nodes and initializers that no graph output depends on."""
+
+    name: ClassVar[str] = "eliminate-dead-nodes"
+
+    def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        graph = model.graph
+        live_tensors = {output.name for output in graph.output}
+        live_nodes = []
+        for node in reversed(graph.node):
+            # ONNX ops are pure: a node is live only through its outputs.
+            if any(name in live_tensors for name in node.output if name):
+                live_nodes.append(node)
+                live_tensors.update(name for name in node.input if name)
+                live_tensors.update(_subgraph_reads(node))
+        live_nodes.reverse()
+        live_initializers = [tensor for tensor in graph.initializer if tensor.name in live_tensors]
+        if len(live_nodes) == len(graph.node) and len(live_initializers) == len(graph.initializer):
+            return PassResult(model, False)
+        result = onnx.ModelProto()
+        result.CopyFrom(model)
+        kept_names = {node.name for node in live_nodes}
+        nodes = [node for node in result.graph.node if node.name in kept_names]
+        initializers = [tensor for tensor in result.graph.initializer if tensor.name in live_tensors]
+        # An IR<4 model lists initializers as inputs: keep the input list consistent.
+        removed = {tensor.name for tensor in result.graph.initializer} - {t.name for t in initializers}
+        inputs = [value for value in result.graph.input if value.name not in removed]
+        _replace(result.graph.node, nodes)
+        _replace(result.graph.initializer, initializers)
+        _replace(result.graph.input, inputs)
+        value_info = [value for value in result.graph.value_info if value.name in live_tensors]
+        _replace(result.graph.value_info, value_info)
+        return PassResult(result, True)
+
+
+def _replace(container, items) -> None:
+    copies = []
+    for item in items:
+        copy = type(item)()
+        copy.CopyFrom(item)
+        copies.append(copy)
+    del container[:]
+    container.extend(copies)
+
+
+def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    """Outer-scope tensors read by a node's subgraphs (If/Loop/Scan bodies)."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        graphs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
+        for graph in graphs:
+            local = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+            for inner in graph.node:
+                local.update(inner.output)
+            for inner in graph.node:
+                names.update(name for name in inner.input if name and name not in local)
+                names.update(_subgraph_reads(inner))
+    return names
+

@@ -1,0 +1,1 @@
+"""mcc toolchain: IR, pass infrastructure, pipeline text, driver and CLI."""

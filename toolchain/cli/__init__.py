@@ -1,0 +1,1 @@
+"""The `mcc` command line (click). Heavy imports (tvm, onnxruntime) stay inside commands."""

@@ -1,0 +1,284 @@
+"""The compile driver: ONNX in -> IR -> pass pipeline -> backend -> artifact validated -> report.
+
+Every output goes into a staging folder beside the requested output folder and is renamed into
+place only when the whole compile succeeded (or validation produced a complete, failing report),
+so a failed run never leaves partial output. The report is plain data (`report.json`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from mcc.toolchain import ir
+from mcc.toolchain.errors import UnsupportedError, UsageError, ValidationFailed
+from mcc.toolchain.passmanager import DumpAfterChange, PassContext, PassManager
+from mcc.toolchain.pipeline import NAMED_PIPELINES, format_pipeline, parse_pipeline
+from mcc.toolchain.stats import model_stats
+
+REPORT_VERSION = 1
+MODEL_FILE = "model.onnx"
+REPORT_FILE = "report.json"
+LIBRARY_STEM = "model"
+
+
+@dataclass
+class CompileRequest:
+    model_path: Path
+    target: str = "host"
+    output_dir: Path | None = None
+    passes: str | None = None
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    inputs_path: Path | None = None
+    precision: str = "fp32"
+    seed: int = 0
+    verify_each: bool = False
+    dump_dir: Path | None = None
+
+
+@dataclass
+class CompileOutcome:
+    report: dict
+    output_dir: Path
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report["validation"]["passed"])
+
+
+class Timer:
+    """Collects named wall-clock phases in seconds."""
+
+    def __init__(self) -> None:
+        self.phases: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def measure(self, name: str):
+        timer = self
+
+        class _Phase:
+            def __enter__(self):
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.phases[name] = timer.phases.get(name, 0.0) + time.perf_counter() - self.start
+                return False
+
+        return _Phase()
+
+    def total(self) -> float:
+        return time.perf_counter() - self._start
+
+
+# --------------------------------------------------------------------------------------------------
+# Output folder handling
+
+
+def default_output_dir(model_path: Path, target: str) -> Path:
+    return Path.cwd() / f"{model_path.stem}.{Path(target).stem}.mcc"
+
+
+def prepare_staging(output_dir: Path) -> Path:
+    """Check the output folder can be (re)placed and create a staging folder beside it."""
+    output_dir = Path(output_dir)
+    if output_dir.exists():
+        if not output_dir.is_dir():
+            raise UsageError(f"output '{output_dir}' exists and is not a directory")
+        entries = list(output_dir.iterdir())
+        if entries and not (output_dir / REPORT_FILE).is_file():
+            raise UsageError(
+                f"output directory '{output_dir}' is not empty and holds no mcc report; refusing to replace it"
+            )
+    parent = output_dir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.staging-", dir=parent))
+    except (OSError, NotADirectoryError) as exc:
+        raise UsageError(f"output directory '{output_dir}' is not writable ({exc.strerror or exc})") from None
+    if not os.access(staging, os.W_OK):
+        shutil.rmtree(staging, ignore_errors=True)
+        raise UsageError(f"output directory '{output_dir}' is not writable")
+    return staging
+
+
+def publish(staging: Path, output_dir: Path) -> None:
+    """Atomically move the finished staging folder to `output_dir`, replacing an earlier mcc output."""
+    backup = None
+    if output_dir.exists():
+        backup = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
+        os.rmdir(backup)
+        os.rename(output_dir, backup)
+    try:
+        os.rename(staging, output_dir)
+    except OSError:
+        if backup is not None:
+            os.rename(backup, output_dir)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON deterministically (sorted keys; non-finite floats as null), via rename."""
+    text = json.dumps(_json_safe(data), indent=2, sort_keys=True) + "\n"
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def _json_safe(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return _json_safe(value.item())
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# The compile flow
+
+
+def resolve_pipeline(text: str | None):
+    return parse_pipeline(NAMED_PIPELINES["default"] if text is None else text)
+
+
+def compile_model(request: CompileRequest) -> CompileOutcome:
+    """Run the whole flow; raises MccError subclasses for user-facing failures."""
+    from mcc.backends import get_backend
+    from mcc.backends.onnxruntime import ReferenceRunner
+    from mcc.hwmodels import load_target
+    from mcc.toolchain import validate
+
+    timer = Timer()
+    if request.precision not in validate.TOLERANCES:
+        raise UsageError(f"unknown precision '{request.precision}'; candidates are: {', '.join(validate.TOLERANCES)}")
+    # Everything that can be checked without the model is checked first, before any work.
+    target = load_target(request.target)
+    backend = get_backend(target.backend)
+    passes = resolve_pipeline(request.passes)
+    output_dir = Path(request.output_dir or default_output_dir(request.model_path, request.target)).absolute()
+    if request.inputs_path is not None and not Path(request.inputs_path).is_file():
+        raise UsageError(f"--inputs {request.inputs_path}: no such file")
+    staging = prepare_staging(output_dir)
+    try:
+        report = _compile_into(request, target, backend, passes, staging, output_dir, timer, ReferenceRunner, validate)
+        publish(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return CompileOutcome(report=report, output_dir=output_dir)
+
+
+def _compile_into(request, target, backend, passes, staging, output_dir, timer, ReferenceRunner, validate) -> dict:
+    with timer.measure("load"):
+        original = ir.load_model(request.model_path)
+        source_hash = ir.content_hash(original)
+        static, fixed = ir.fix_input_shapes(original, request.input_shapes)
+        ir.infer_shapes(static)  # a model whose shapes cannot be inferred is rejected here
+        if request.inputs_path is not None:
+            inputs = validate.load_inputs(request.inputs_path, static, fixed.shapes)
+        else:
+            inputs = validate.random_inputs(static, fixed.shapes, seed=request.seed)
+
+    ctx = PassContext(verify_each=request.verify_each)
+    if request.dump_dir is not None:
+        ctx.instruments.append(DumpAfterChange(str(request.dump_dir)))
+    stats_before = model_stats(static)
+    with timer.measure("passes"):
+        optimized, records = PassManager(passes, ctx).run(static)
+        if ir.opset_version(optimized) < backend.min_opset:
+            from mcc.passes.upgrade_opset import UpgradeOpset
+
+            optimized, more = PassManager([UpgradeOpset(version=backend.min_opset)], ctx).run(optimized)
+            records.extend(more)
+    stats_after = model_stats(optimized)
+
+    unsupported = backend.unsupported_nodes(optimized)
+    if unsupported:
+        first = unsupported[0]
+        ops = sorted({node.op_type for node in unsupported})
+        more = f" (and {len(unsupported) - 1} more node(s); ops: {', '.join(ops)})" if len(unsupported) > 1 else ""
+        domain = f" in domain '{first.domain}'" if first.domain not in ir.DEFAULT_DOMAINS else ""
+        raise UnsupportedError(
+            f"op '{first.op_type}'{domain} at node '{first.name}' is not supported by backend {backend.name} "
+            f"for target '{target.name}'{more}"
+        )
+
+    library_path = staging / f"{LIBRARY_STEM}{backend.library_suffix}"
+    tvm_target = target.tvm()
+    with timer.measure("compile"):
+        artifact = backend.compile(optimized, tvm_target, fixed.shapes, library_path)
+    with timer.measure("save_model"):
+        onnx.save(optimized, str(staging / MODEL_FILE))
+
+    with timer.measure("reference"):
+        expected = ReferenceRunner(original).run(inputs)
+    with timer.measure("validate"):
+        runner = backend.load(library_path, optimized)  # from disk, never the in-memory executable
+        actual = runner.run(inputs)
+    output_names = [value.name for value in original.graph.output]
+    if len(actual) != len(expected):
+        raise ValidationFailed(f"artifact returned {len(actual)} outputs, the reference {len(expected)}")
+    outputs = [
+        validate.compare(name, np.asarray(got), want, request.precision)
+        for name, got, want in zip(output_names, actual, expected)
+    ]
+    passed = all(output.passed for output in outputs)
+
+    report = {
+        "report_version": REPORT_VERSION,
+        "model": {
+            "source": str(Path(request.model_path).absolute()),
+            "sha256": source_hash,
+            "optimized_sha256": ir.content_hash(optimized),
+            "opset": ir.opset_version(original),
+            "optimized_opset": ir.opset_version(optimized),
+            "input_shapes": {name: list(shape) for name, shape in fixed.shapes.items()},
+            "assumed_dims": fixed.assumed,
+            "stats_before": stats_before.as_dict(),
+            "stats_after": stats_after.as_dict(),
+        },
+        "target": {
+            "name": target.name,
+            "backend": backend.name,
+            "tvm_target": str(tvm_target),
+            "file": target.path,
+        },
+        "pipeline": format_pipeline(passes),
+        "passes": [record.as_dict() for record in records],
+        "notes": list(ctx.notes),
+        "validation": {
+            "passed": passed,
+            "precision": request.precision,
+            "inputs": "file" if request.inputs_path else f"random(seed={request.seed})",
+            "reference": "onnxruntime on the original model",
+            "outputs": [output.as_dict() for output in outputs],
+        },
+        "artifacts": {
+            "model": str(output_dir / MODEL_FILE),
+            "library": str(output_dir / library_path.name),
+            "report": str(output_dir / REPORT_FILE),
+        },
+        "timings_s": {},
+    }
+    timings = dict(timer.phases)
+    timings.update({f"backend_{key}": value for key, value in artifact.timings_s.items()})
+    timings["total"] = timer.total()
+    report["timings_s"] = {key: round(value, 4) for key, value in timings.items()}
+    write_json(staging / REPORT_FILE, report)
+    return report
