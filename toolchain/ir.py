@@ -361,9 +361,8 @@ def upgrade_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
 
 
 def _min_ir_version(model: onnx.ModelProto) -> int:
-    opsets = [(o.domain or "ai.onnx", o.version) for o in model.opset_import]
     try:
-        return onnx.helper.find_min_ir_version_for(opsets, ignore_unknown=True)
+        return onnx.helper.find_min_ir_version_for(list(model.opset_import), ignore_unknown=True)
     except (TypeError, ValueError):
         return model.ir_version
 
