@@ -19,21 +19,20 @@ class EliminateDeadNodes(Pass):
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         graph = model.graph
         live_tensors = {output.name for output in graph.output}
-        live_nodes = []
-        for node in reversed(graph.node):
+        live_indices = set()
+        for index in reversed(range(len(graph.node))):
+            node = graph.node[index]
             # ONNX ops are pure: a node is live only through its outputs.
             if any(name in live_tensors for name in node.output if name):
-                live_nodes.append(node)
+                live_indices.add(index)
                 live_tensors.update(name for name in node.input if name)
                 live_tensors.update(_subgraph_reads(node))
-        live_nodes.reverse()
         live_initializers = [tensor for tensor in graph.initializer if tensor.name in live_tensors]
-        if len(live_nodes) == len(graph.node) and len(live_initializers) == len(graph.initializer):
+        if len(live_indices) == len(graph.node) and len(live_initializers) == len(graph.initializer):
             return PassResult(model, False)
         result = onnx.ModelProto()
         result.CopyFrom(model)
-        kept_names = {node.name for node in live_nodes}
-        nodes = [node for node in result.graph.node if node.name in kept_names]
+        nodes = [node for index, node in enumerate(result.graph.node) if index in live_indices]
         initializers = [tensor for tensor in result.graph.initializer if tensor.name in live_tensors]
         # An IR<4 model lists initializers as inputs: keep the input list consistent.
         removed = {tensor.name for tensor in result.graph.initializer} - {t.name for t in initializers}

@@ -77,9 +77,10 @@ class FoldConstants(Pass):
         constants = _constant_initializers(model)
         shape_values: dict[str, np.ndarray] = {}
         evaluated: list[onnx.NodeProto] = []
-        shape_nodes: set[str] = set()
+        shape_nodes: set[int] = set()
 
-        for node in graph.node:
+        evaluated_indices: list[int] = []
+        for index, node in enumerate(graph.node):
             if node.domain not in ir.DEFAULT_DOMAINS or node.op_type in NEVER_FOLD:
                 continue
             if any(attr.HasField("g") or attr.graphs for attr in node.attribute):
@@ -90,7 +91,7 @@ class FoldConstants(Pass):
                 value = _static_shape_value(node, types)
                 if value is not None:
                     shape_values[node.output[0]] = value
-                    shape_nodes.add(node.name)
+                    shape_nodes.add(index)
                     constants.add(node.output[0])
                 continue
             if not all(name in constants for name in node.input if name):
@@ -100,6 +101,7 @@ class FoldConstants(Pass):
             if any(name and name not in types for name in node.output):
                 continue  # untyped outputs cannot be declared for evaluation
             evaluated.append(node)
+            evaluated_indices.append(index)
             constants.update(name for name in node.output if name)
 
         values = dict(shape_values)
@@ -107,18 +109,18 @@ class FoldConstants(Pass):
             computed = _evaluate(model, evaluated, shape_values, types)
             if computed is None:
                 ctx.note("fold-constants: onnxruntime could not evaluate a constant subgraph; it was kept")
-                evaluated = []
+                evaluated, evaluated_indices = [], []
             else:
                 values.update(computed)
-        foldable_names = shape_nodes | {node.name for node in evaluated}
-        if not foldable_names:
+        foldable = shape_nodes | set(evaluated_indices)
+        if not foldable:
             return None
 
         # Oversized results stay computed at run time: keep their producers (and so their inputs).
-        for node in evaluated:
+        for index, node in zip(evaluated_indices, evaluated):
             if any(values[name].nbytes > limit_bytes for name in node.output if name in values):
-                foldable_names.discard(node.name)
-        kept_nodes = [node for node in graph.node if node.name not in foldable_names]
+                foldable.discard(index)
+        kept_nodes = [node for index, node in enumerate(graph.node) if index not in foldable]
         if len(kept_nodes) == len(graph.node):
             return None
         needed = {name for node in kept_nodes for name in node.input if name} | graph_outputs

@@ -1,0 +1,22 @@
+"""Golden before/after IR: a pass's output printed as ONNX text and compared with tests/golden/.
+
+Regenerate after an intended change with MCC_UPDATE_GOLDEN=1, then review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+
+GOLDEN_DIR = Path(__file__).resolve().parent.parent / "golden"
+
+
+def assert_golden(name: str, model: onnx.ModelProto) -> None:
+    text = onnx.printer.to_text(model.graph) + "\n"
+    path = GOLDEN_DIR / f"{name}.after.onnxtxt"
+    if os.environ.get("MCC_UPDATE_GOLDEN") == "1":
+        path.write_text(text)
+    assert path.is_file(), f"missing golden file {path}; run with MCC_UPDATE_GOLDEN=1 and review it"
+    assert text == path.read_text(), f"IR after the pass differs from {path.name}"
