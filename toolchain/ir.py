@@ -158,7 +158,7 @@ def check_structure(model: onnx.ModelProto) -> None:
     except nx.NetworkXNoCycle:
         cycle = None
     if cycle:
-        names = [graph.node[src].name for src, _dst in cycle] + [graph.node[cycle[0][0]].name]
+        names = [graph.node[edge[0]].name for edge in cycle] + [graph.node[cycle[0][0]].name]
         raise ModelError("graph is cyclic: " + " -> ".join(names))
     order = list(nx.lexicographical_topological_sort(view))
     if order != list(range(len(graph.node))):
