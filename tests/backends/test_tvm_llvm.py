@@ -1,0 +1,86 @@
+"""The TVM host backend: compile, export, load from disk, run; and refusals for unsupported ops."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from mcc.backends import get_backend
+from mcc.hwmodels import load_target
+from mcc.toolchain.errors import UsageError
+from tests.conftest import ort_run, parse_model
+
+MULTI_OUTPUT = """
+<ir_version: 8, opset_import: ["" : 18]>
+g (float[2, 8] x, int64[2, 8] i) => (float[2, 8] a, float[2, 1] b, int64[2, 8] c) <int64[1] ax = {1}> {
+    a = Tanh(x)
+    b = ReduceMax<keepdims = 1>(a, ax)
+    c = Add(i, i)
+}
+"""
+
+
+def test_compile_export_load_and_run_multi_output(tmp_path):
+    model = parse_model(MULTI_OUTPUT)
+    backend = get_backend("tvm-llvm")
+    target = load_target("host").tvm()
+    artifact = backend.compile(model, target, {"x": (2, 8), "i": (2, 8)}, tmp_path / "m.so")
+    assert artifact.library.is_file() and artifact.library.stat().st_size > 0
+    assert set(artifact.timings_s) == {"import", "build", "export"}
+    runner = backend.load(artifact.library, model)
+    rng = np.random.default_rng(0)
+    feed = {"x": rng.normal(size=(2, 8)).astype(np.float32), "i": rng.integers(0, 9, size=(2, 8))}
+    got = runner.run(feed)
+    want = ort_run(model, feed)
+    assert len(got) == 3
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        np.testing.assert_allclose(g, w, atol=1e-6)
+    assert len(runner.time_ms(feed, repeat=3)) == 3
+
+
+def test_host_target_is_detected():
+    target = load_target("host").tvm()
+    assert str(target.kind) == "llvm"
+    assert int(target.attrs["num-cores"]) >= 1
+
+
+def test_unknown_backend_is_a_usage_error():
+    with pytest.raises(UsageError, match="candidates are: tvm-llvm"):
+        get_backend("tensorrt")
+
+
+def lstm_model() -> bytes:
+    hidden, inputs, seq = 4, 3, 5
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=(1, 4 * hidden, inputs)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.normal(size=(1, 4 * hidden, hidden)).astype(np.float32), "R")]
+    nodes = [helper.make_node("LSTM", ["x", "W", "R"], ["y"], name="encoder/lstm", hidden_size=hidden),
+             helper.make_node("Relu", ["y"], ["out"], name="relu")]
+    graph = helper.make_graph(nodes, "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq, 1, inputs])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [seq, 1, 1, hidden])],
+                              initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8).SerializeToString()
+
+
+def test_unsupported_op_stops_with_one_line_naming_op_node_target(tmp_path, run_mcc):
+    path = tmp_path / "lstm.onnx"
+    path.write_bytes(lstm_model())
+    result = run_mcc("compile", path, "-o", tmp_path / "out")
+    assert result.returncode == 5
+    assert result.stderr.strip() == (
+        "mcc: unsupported: op 'LSTM' at node 'encoder/lstm' is not supported by backend tvm-llvm for target 'host'"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_contrib_domain_op_is_not_silently_mis_mapped(tmp_path, run_mcc):
+    model = parse_model("""
+    <ir_version: 8, opset_import: ["" : 17, "com.microsoft" : 1]>
+    g (float[2, 8] x) => (float[2, 8] y) { y = com.microsoft.Gelu(x) }
+    """)
+    path = tmp_path / "gelu.onnx"
+    path.write_bytes(model.SerializeToString())
+    result = run_mcc("compile", path, "-o", tmp_path / "out")
+    assert result.returncode == 5
+    assert "op 'Gelu' in domain 'com.microsoft'" in result.stderr
