@@ -279,7 +279,11 @@ def fix_input_shapes(model: onnx.ModelProto, requested: dict[str, tuple[int, ...
             continue
         if value.type.WhichOneof("value") != "tensor_type":
             raise ModelError(f"input '{value.name}' is not a tensor; only tensor inputs are supported")
-        dims = input_dims(value)
+        if not value.type.tensor_type.HasField("shape") and value.name not in requested:
+            raise UsageError(f"input '{value.name}' has unknown rank; give its shape with --input-shape {value.name}=...")
+        if value.type.tensor_type.elem_type == TensorProto.UNDEFINED:
+            raise ModelError(f"input '{value.name}' has no element type")
+        dims = input_dims(value) if value.type.tensor_type.HasField("shape") else (None,) * len(requested[value.name])
         if value.name in requested:
             want = requested[value.name]
             if len(want) != len(dims):

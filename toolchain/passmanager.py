@@ -200,6 +200,14 @@ class PassRecord:
         }
 
 
+class PreconditionError(PassError):
+    """A pass was asked to run on a model that does not meet its declared preconditions."""
+
+
+def has_static_inputs(model: onnx.ModelProto) -> bool:
+    return all(ir.static_shape(ir.input_dims(value)) is not None for value in ir.graph_inputs(model))
+
+
 def verify_model(model: onnx.ModelProto, pass_name: str) -> None:
     """The invariant every pass keeps: onnx.checker and strict shape inference succeed."""
     try:
@@ -226,6 +234,8 @@ class PassManager:
         for index, pass_ in enumerate(self.passes):
             if pass_.name in ctx.disabled or (limit is not None and index >= limit):
                 continue
+            if pass_.requires_static_shapes and not has_static_inputs(model):
+                raise PreconditionError(pass_.name, "needs static input shapes (fix them with --input-shape)")
             if pass_.min_opset is not None and ir.opset_version(model) < pass_.min_opset:
                 from mcc.passes.upgrade_opset import UpgradeOpset
 

@@ -121,3 +121,15 @@ def test_upgrade_opset_and_unnamed_nodes_get_names():
     upgraded = ir.upgrade_opset(model, 17)
     assert ir.opset_version(upgraded) == 17 and upgraded.ir_version >= 8
     assert all(node.name for node in upgraded.graph.node)
+
+
+def test_input_of_unknown_rank_needs_an_explicit_shape():
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(UsageError, match="unknown rank"):
+        ir.fix_input_shapes(model, {})
+    fixed, info = ir.fix_input_shapes(model, {"x": (3, 2)})
+    assert info.shapes == {"x": (3, 2)}
+    assert [d.dim_value for d in fixed.graph.output[0].type.tensor_type.shape.dim] == [3, 2]

@@ -160,3 +160,23 @@ def test_bisect_limit_runs_only_the_first_passes():
     ctx = PassContext().with_config(bisect_limit=1)
     _, records = PassManager(parse_pipeline("eliminate-identity,eliminate-dead-nodes"), ctx).run(model)
     assert [r.name for r in records] == ["eliminate-identity"]
+
+
+@dataclass(frozen=True)
+class NeedsStaticShapes(Pass):
+    """Test pass: declares that it needs static input shapes."""
+
+    name: ClassVar[str] = "needs-static"
+    requires_static_shapes: ClassVar[bool] = True
+
+    def run(self, model, ctx):
+        return PassResult(model, False)
+
+
+def test_static_shape_precondition_is_checked_before_the_pass_runs():
+    from mcc.toolchain.passmanager import PreconditionError
+
+    dynamic = parse_model(SIMPLE.replace("float[2, 4] x", "float[N, 4] x").replace("float[2, 4] y", "float[N, 4] y"))
+    with pytest.raises(PreconditionError, match="needs-static.*static input shapes"):
+        PassManager([NeedsStaticShapes()]).run(dynamic)
+    PassManager([NeedsStaticShapes()]).run(parse_model(SIMPLE))
