@@ -160,7 +160,6 @@ def resolve_pipeline(text: str | None):
 def compile_model(request: CompileRequest) -> CompileOutcome:
     """Run the whole flow; raises MccError subclasses for user-facing failures."""
     from mcc.backends import get_backend
-    from mcc.backends.onnxruntime import ReferenceRunner
     from mcc.hwmodels import load_target
     from mcc.toolchain import validate
 
@@ -176,7 +175,7 @@ def compile_model(request: CompileRequest) -> CompileOutcome:
         raise UsageError(f"--inputs {request.inputs_path}: no such file")
     staging = prepare_staging(output_dir)
     try:
-        report = _compile_into(request, target, backend, passes, staging, output_dir, timer, ReferenceRunner, validate)
+        report = _compile_into(request, target, backend, passes, staging, output_dir, timer)
         publish(staging, output_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -184,7 +183,11 @@ def compile_model(request: CompileRequest) -> CompileOutcome:
     return CompileOutcome(report=report, output_dir=output_dir)
 
 
-def _compile_into(request, target, backend, passes, staging, output_dir, timer, ReferenceRunner, validate) -> dict:
+def _compile_into(request: CompileRequest, target, backend, passes, staging: Path, output_dir: Path, timer: Timer) -> dict:
+    """Load, optimize, compile, validate; write every output into `staging`; return the report."""
+    from mcc.backends.onnxruntime import ReferenceRunner
+    from mcc.toolchain import validate
+
     with timer.measure("load"):
         original = ir.load_model(request.model_path)
         source_hash = ir.content_hash(original)
