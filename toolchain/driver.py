@@ -7,9 +7,11 @@ so a failed run never leaves partial output. The report is plain data (`report.j
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import sys
 import shutil
 import tempfile
 import time
@@ -28,6 +30,7 @@ from mcc.toolchain.stats import model_stats
 REPORT_VERSION = 1
 MODEL_FILE = "model.onnx"
 REPORT_FILE = "report.json"
+NATIVE_LOG_FILE = "native.log"
 LIBRARY_STEM = "model"
 
 
@@ -153,6 +156,38 @@ def _json_safe(value):
 # The compile flow
 
 
+class _CapturedText:
+    text = ""
+
+
+@contextlib.contextmanager
+def capture_native_output():
+    """Redirect file descriptors 1 and 2 (where TVM's and onnxruntime's C++ code log) to a file.
+
+    mcc's own output is one summary or one error line; native warnings go to `native.log` in the
+    output folder instead of the terminal. The captured text is available after the block,
+    also when it raises.
+    """
+    captured = _CapturedText()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield captured
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            captured.text = sink.read().decode(errors="replace")
+
+
 def resolve_pipeline(text: str | None):
     return parse_pipeline(NAMED_PIPELINES["default"] if text is None else text)
 
@@ -173,6 +208,13 @@ def compile_model(request: CompileRequest) -> CompileOutcome:
     output_dir = Path(request.output_dir or default_output_dir(request.model_path, request.target)).absolute()
     if request.inputs_path is not None and not Path(request.inputs_path).is_file():
         raise UsageError(f"--inputs {request.inputs_path}: no such file")
+    if request.dump_dir is not None:
+        try:
+            Path(request.dump_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--dump-dir {request.dump_dir}: cannot create ({exc.strerror or exc})") from None
+        if not os.access(request.dump_dir, os.W_OK):
+            raise UsageError(f"--dump-dir {request.dump_dir}: not writable")
     staging = prepare_staging(output_dir)
     try:
         report = _compile_into(request, target, backend, passes, staging, output_dir, timer)
@@ -222,18 +264,23 @@ def _compile_into(request: CompileRequest, target, backend, passes, staging: Pat
             f"for target '{target.name}'{more}"
         )
 
+    # The reference runs first: inputs it cannot run on are reported before a long compile.
+    with timer.measure("reference"), capture_native_output() as reference_log:
+        expected = ReferenceRunner(original).run(inputs)
+
     library_path = staging / f"{LIBRARY_STEM}{backend.library_suffix}"
-    tvm_target = target.tvm()
-    with timer.measure("compile"):
-        artifact = backend.compile(optimized, tvm_target, fixed.shapes, library_path)
+    with capture_native_output() as backend_log:
+        tvm_target = target.tvm()
+        with timer.measure("compile"):
+            artifact = backend.compile(optimized, tvm_target, fixed.shapes, library_path)
+        with timer.measure("validate"):
+            runner = backend.load(library_path, optimized)  # from disk, never the in-memory executable
+            actual = runner.run(inputs)
     with timer.measure("save_model"):
         onnx.save(optimized, str(staging / MODEL_FILE))
-
-    with timer.measure("reference"):
-        expected = ReferenceRunner(original).run(inputs)
-    with timer.measure("validate"):
-        runner = backend.load(library_path, optimized)  # from disk, never the in-memory executable
-        actual = runner.run(inputs)
+    native_log = (reference_log.text + backend_log.text).strip()
+    if native_log:
+        (staging / NATIVE_LOG_FILE).write_text(native_log + "\n")
     output_names = [value.name for value in original.graph.output]
     if len(actual) != len(expected):
         raise ValidationFailed(f"artifact returned {len(actual)} outputs, the reference {len(expected)}")
@@ -279,6 +326,8 @@ def _compile_into(request: CompileRequest, target, backend, passes, staging: Pat
         },
         "timings_s": {},
     }
+    if native_log:
+        report["artifacts"]["native_log"] = str(output_dir / NATIVE_LOG_FILE)
     timings = dict(timer.phases)
     timings.update({f"backend_{key}": value for key, value in artifact.timings_s.items()})
     timings["total"] = timer.total()

@@ -388,7 +388,9 @@ def from_graphsurgeon(graph, like: onnx.ModelProto) -> onnx.ModelProto:
 
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     model = gs.export_onnx(graph, do_type_check=False)
-    model.ir_version = like.ir_version
+    # IR < 4 requires every initializer to be listed as an input; edits add initializers that
+    # are not, so the result is at least IR 4 (where listing them is optional).
+    model.ir_version = max(like.ir_version, 4)
     model.producer_name = like.producer_name
     model.producer_version = like.producer_version
     model.domain = like.domain
@@ -439,6 +441,21 @@ def content_hash(model: onnx.ModelProto) -> str:
 
 def tensor_dtype(elem_type: int) -> np.dtype:
     return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+
+
+def subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    """Outer-scope tensors read by a node's subgraphs (If/Loop/Scan bodies), recursively."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        graphs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
+        for graph in graphs:
+            local = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+            for inner in graph.node:
+                local.update(inner.output)
+            for inner in graph.node:
+                names.update(name for name in inner.input if name and name not in local)
+                names.update(name for name in subgraph_reads(inner) if name not in local)
+    return names
 
 
 def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:

@@ -27,7 +27,7 @@ from typing import Any, Callable, ClassVar, Protocol
 import onnx
 
 from mcc.toolchain import ir
-from mcc.toolchain.errors import MccError, PassError
+from mcc.toolchain.errors import MccError, ModelError, PassError
 from mcc.toolchain.stats import ModelStats, model_stats
 
 KEBAB_CASE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
@@ -251,6 +251,11 @@ class PassManager:
         start = time.perf_counter()
         try:
             result = pass_.run(model, ctx)
+        except PassError:
+            raise
+        except ModelError as exc:
+            # The model was accepted before the pipeline ran; a pass making it unreadable is a defect.
+            raise PassError(pass_.name, str(exc)) from exc
         except MccError:
             raise
         except Exception as exc:

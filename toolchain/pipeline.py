@@ -15,6 +15,7 @@ candidates listed.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 
 from mcc.toolchain.errors import UsageError
@@ -23,7 +24,8 @@ from mcc.toolchain.passmanager import Pass, option_type
 #: Named pipelines expand to pipeline text. `default` runs when `--passes` is not given.
 NAMED_PIPELINES: dict[str, str] = {
     "default": (
-        "inline-initializer-inputs,eliminate-identity,fold-constants,"
+        # fold first: a Dropout's training_mode or a Reshape's shape may be computed from constants
+        "inline-initializer-inputs,fold-constants,eliminate-identity,"
         "fuse-conv-bn,eliminate-dead-nodes"
     ),
     "none": "",
@@ -42,6 +44,15 @@ def _suggest(word: str, candidates: list[str]) -> str:
     close = difflib.get_close_matches(word, candidates, n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     return f"{hint}; candidates are: {', '.join(sorted(candidates))}"
+
+
+def _plugin_failure(name: str) -> str:
+    from mcc.toolchain.registry import plugin_errors
+
+    for error in plugin_errors():
+        if error.entry_point == name:
+            return f" (plugin '{name}' from '{error.distribution}' failed to load: {error.reason})"
+    return ""
 
 
 def _convert(pass_cls: type[Pass], key: str, raw: str):
@@ -64,6 +75,8 @@ def _convert(pass_cls: type[Pass], key: str, raw: str):
             value = int(raw)
         elif kind is float:
             value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError
         else:
             value = raw
     except ValueError:
@@ -91,7 +104,8 @@ def parse_pipeline(text: str, registry: dict[str, type[Pass]] | None = None) -> 
             passes.extend(parse_pipeline(NAMED_PIPELINES[name], registry))
             continue
         if name not in registry:
-            raise UsageError(f"unknown pass '{name}'" + _suggest(name, list(registry) + list(NAMED_PIPELINES)))
+            raise UsageError(f"unknown pass '{name}'" + _plugin_failure(name)
+                             + _suggest(name, list(registry) + list(NAMED_PIPELINES)))
         pass_cls = registry[name]
         options = {}
         if braces:

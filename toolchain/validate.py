@@ -21,6 +21,7 @@ Tolerances are chosen by precision: the compile precision, loosened to the outpu
 from __future__ import annotations
 
 import math
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -83,11 +84,28 @@ def random_inputs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], se
         if dtype == np.bool_:
             array = rng.integers(0, 2, size=shape).astype(np.bool_)
         elif np.issubdtype(dtype, np.integer):
-            array = rng.integers(0, 128, size=shape).astype(dtype)
+            array = rng.integers(0, index_bound(model, value.name), size=shape).astype(dtype)
         else:
             array = rng.uniform(-1.0, 1.0, size=shape).astype(dtype)
         inputs[value.name] = array
     return inputs
+
+
+def index_bound(model: onnx.ModelProto, name: str, default: int = 128) -> int:
+    """Exclusive upper bound for random integers fed to `name`.
+
+    When the input indexes a constant table (Gather/GatherElements data), values stay inside it;
+    otherwise [0, default).
+    """
+    shapes = {tensor.name: tuple(tensor.dims) for tensor in model.graph.initializer}
+    bound = default
+    for node in model.graph.node:
+        if node.op_type in ("Gather", "GatherElements") and len(node.input) > 1 and node.input[1] == name:
+            table = shapes.get(node.input[0])
+            if table:
+                axis = next((attr.i for attr in node.attribute if attr.name == "axis"), 0)
+                bound = min(bound, table[axis])
+    return max(bound, 1)
 
 
 def load_inputs(path: str | Path, model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
@@ -95,10 +113,13 @@ def load_inputs(path: str | Path, model: onnx.ModelProto, shapes: dict[str, tupl
     path = Path(path)
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"--inputs {path}: cannot read as .npz ({exc})") from None
-    with archive:
-        provided = {name: archive[name] for name in archive.files}
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single array, not named arrays (save with np.savez(path, name=array))")
+        with archive:
+            provided = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"--inputs {path}: cannot read as .npz ({first})") from None
     inputs = {}
     for value in ir.graph_inputs(model):
         if value.name not in provided:

@@ -21,7 +21,7 @@ class ReferenceRunner:
         }
         options = ort.SessionOptions()
         options.graph_optimization_level = levels[optimization]
-        options.log_severity_level = 3
+        options.log_severity_level = 4
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
@@ -41,4 +41,6 @@ class ReferenceRunner:
             return [np.asarray(x) for x in self.session.run(self.output_names, feed)]
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"onnxruntime cannot run the model on these inputs: {first}") from None
+            raise ModelError(
+                f"onnxruntime cannot run the model on these inputs: {first} (give real inputs with --inputs)"
+            ) from None

@@ -70,7 +70,7 @@ class RelaxVMRunner:
     def _arguments(self, inputs: dict[str, np.ndarray]):
         import tvm
 
-        return [tvm.runtime.tensor(np.ascontiguousarray(inputs[name]), self.device) for name in self.input_names]
+        return [tvm.runtime.tensor(np.require(inputs[name], requirements="C"), self.device) for name in self.input_names]
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         result = self.vm["main"](*self._arguments(inputs))

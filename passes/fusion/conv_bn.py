@@ -89,8 +89,8 @@ class FuseConvBatchNorm(Pass):
             conv_out = conv.outputs[0]
             conv.inputs[1] = gs.Constant(ir.unique_name(f"{conv.name}.folded_weight", taken), new_weight.astype(weight.dtype))
             bias_tensor = gs.Constant(ir.unique_name(f"{conv.name}.folded_bias", taken), new_bias.astype(weight.dtype))
-            if has_bias:
-                conv.inputs[2] = bias_tensor
+            if len(conv.inputs) > 2:
+                conv.inputs[2] = bias_tensor  # replaces a real bias or an explicit empty input ""
             else:
                 conv.inputs.append(bias_tensor)
             result = bn.outputs[0]

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import onnx
 
+from mcc.toolchain import ir
 from mcc.toolchain.passmanager import Pass, PassContext, PassResult
 
 
@@ -26,7 +27,7 @@ class EliminateDeadNodes(Pass):
             if any(name in live_tensors for name in node.output if name):
                 live_indices.add(index)
                 live_tensors.update(name for name in node.input if name)
-                live_tensors.update(_subgraph_reads(node))
+                live_tensors.update(ir.subgraph_reads(node))
         live_initializers = [tensor for tensor in graph.initializer if tensor.name in live_tensors]
         if len(live_indices) == len(graph.node) and len(live_initializers) == len(graph.initializer):
             return PassResult(model, False)
@@ -53,19 +54,3 @@ def _replace(container, items) -> None:
         copies.append(copy)
     del container[:]
     container.extend(copies)
-
-
-def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
-    """Outer-scope tensors read by a node's subgraphs (If/Loop/Scan bodies)."""
-    names: set[str] = set()
-    for attr in node.attribute:
-        graphs = ([attr.g] if attr.HasField("g") else []) + list(attr.graphs)
-        for graph in graphs:
-            local = {v.name for v in graph.input} | {t.name for t in graph.initializer}
-            for inner in graph.node:
-                local.update(inner.output)
-            for inner in graph.node:
-                names.update(name for name in inner.input if name and name not in local)
-                names.update(_subgraph_reads(inner))
-    return names
-

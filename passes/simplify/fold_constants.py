@@ -108,10 +108,14 @@ class FoldConstants(Pass):
         if evaluated:
             computed = _evaluate(model, evaluated, shape_values, types)
             if computed is None:
-                ctx.note("fold-constants: onnxruntime could not evaluate a constant subgraph; it was kept")
-                evaluated, evaluated_indices = [], []
-            else:
-                values.update(computed)
+                # One node onnxruntime cannot evaluate must not block the rest: go node by node,
+                # skipping a failing node and everything that depends on it.
+                computed, failed = _evaluate_one_by_one(model, evaluated, shape_values, types)
+                for node in failed:
+                    ctx.note(f"fold-constants: onnxruntime could not evaluate '{node.name}' ({node.op_type}); kept")
+                keep = [(i, n) for i, n in zip(evaluated_indices, evaluated) if all(o in computed for o in n.output if o)]
+                evaluated_indices, evaluated = [i for i, _ in keep], [n for _, n in keep]
+            values.update(computed)
         foldable = shape_nodes | set(evaluated_indices)
         if not foldable:
             return None
@@ -124,9 +128,12 @@ class FoldConstants(Pass):
         if len(kept_nodes) == len(graph.node):
             return None
         needed = {name for node in kept_nodes for name in node.input if name} | graph_outputs
+        for node in kept_nodes:
+            needed |= ir.subgraph_reads(node)
 
         result = onnx.ModelProto()
         result.CopyFrom(model)
+        result.ir_version = max(result.ir_version, 4)  # new initializers are not listed as inputs
         del result.graph.node[:]
         result.graph.node.extend(kept_nodes)
         taken = {tensor.name for tensor in result.graph.initializer}
@@ -168,16 +175,34 @@ def _too_large(node: onnx.NodeProto, types: dict, limit_bytes: float) -> bool:
     return False
 
 
-def _evaluate(
+def _evaluate_one_by_one(
     model: onnx.ModelProto, nodes: list[onnx.NodeProto], shape_values: dict[str, np.ndarray], types: dict
+) -> tuple[dict[str, np.ndarray], list[onnx.NodeProto]]:
+    known = dict(shape_values)
+    initializers = {tensor.name for tensor in model.graph.initializer}
+    failed = []
+    for node in nodes:
+        reads = [name for name in node.input if name]
+        if not all(name in known or name in initializers for name in reads):
+            continue  # depends on a node that failed
+        result = _evaluate(model, [node], known, types)
+        if result is None:
+            failed.append(node)
+        else:
+            known.update(result)
+    return {name: value for name, value in known.items() if name not in shape_values}, failed
+
+
+def _evaluate(
+    model: onnx.ModelProto, nodes: list[onnx.NodeProto], known: dict[str, np.ndarray], types: dict
 ) -> dict[str, np.ndarray] | None:
-    """Run `nodes` (all inputs constant) in onnxruntime; None when it cannot."""
+    """Run `nodes` (all inputs constant: initializers or `known` values) in onnxruntime; None when it cannot."""
     import onnxruntime as ort
 
     produced = {name for node in nodes for name in node.output if name}
     read = {name for node in nodes for name in node.input if name} - produced
-    initializers = [tensor for tensor in model.graph.initializer if tensor.name in read]
-    initializers += [numpy_helper.from_array(value, name) for name, value in shape_values.items() if name in read]
+    initializers = [tensor for tensor in model.graph.initializer if tensor.name in read and tensor.name not in known]
+    initializers += [numpy_helper.from_array(np.asarray(value), name) for name, value in known.items() if name in read]
     outputs = []
     for name in sorted(produced):
         elem_type, dims = types[name]
@@ -186,7 +211,7 @@ def _evaluate(
     eval_model = helper.make_model(graph, opset_imports=model.opset_import, ir_version=max(model.ir_version, 4))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
+    options.log_severity_level = 4
     try:
         session = ort.InferenceSession(eval_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         names = [output.name for output in session.get_outputs()]

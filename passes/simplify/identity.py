@@ -19,15 +19,15 @@ from mcc.toolchain import ir
 from mcc.toolchain.passmanager import Pass, PassContext, PassResult
 
 
-def _is_inference_dropout(node, graph) -> bool:
+def _is_inference_dropout(node, graph, opset: int) -> bool:
     import onnx_graphsurgeon as gs
 
     if len(node.outputs) > 1 and node.outputs[1].outputs:
         return False  # the mask is read
     if len(node.outputs) > 1 and node.outputs[1] in graph.outputs:
         return False
-    if node.attrs.get("is_test", 1) == 0:
-        return False  # opset < 7 training mode
+    if opset < 7 and node.attrs.get("is_test", 0) != 1:
+        return False  # before opset 7, Dropout trains unless is_test=1
     if len(node.inputs) > 2 and node.inputs[2].name:
         training = node.inputs[2]
         if not isinstance(training, gs.Constant) or bool(np.asarray(training.values).any()):
@@ -44,11 +44,12 @@ class EliminateIdentity(Pass):
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         graph = ir.to_graphsurgeon(model)
+        opset = ir.opset_version(model)
         removed = 0
         for node in list(graph.nodes):
             if node.op == "Identity" and node.domain in ir.DEFAULT_DOMAINS:
                 pass
-            elif self.dropout and node.op == "Dropout" and _is_inference_dropout(node, graph):
+            elif self.dropout and node.op == "Dropout" and _is_inference_dropout(node, graph, opset):
                 pass
             else:
                 continue

@@ -73,6 +73,26 @@ def make_bad_input(kind: str, tmp: Path) -> tuple[list[str], int, str]:
         return [str(EXAMPLE), "-o", str(blocker / "out")], 2, "not writable"
     if kind == "unknown-target":
         return [str(EXAMPLE), "--target", "toaster", *out], 2, "unknown target 'toaster'"
+    if kind == "inputs-npy":
+        path = tmp / "x.npy"
+        np.save(path, np.zeros((1, 1, 8, 8), np.float32))
+        return [str(EXAMPLE), "--inputs", str(path), *out], 2, "not named arrays"
+    if kind == "inputs-corrupt":
+        path = tmp / "x.npz"
+        path.write_bytes(b"PK\x03\x04 this is not a zip")
+        return [str(EXAMPLE), "--inputs", str(path), *out], 2, "cannot read as .npz"
+    if kind == "inputs-wrong-name":
+        path = tmp / "x.npz"
+        np.savez(path, picture=np.zeros((1, 1, 8, 8), np.float32))
+        return [str(EXAMPLE), "--inputs", str(path), *out], 2, "no array for input 'image'"
+    if kind == "inputs-wrong-shape":
+        path = tmp / "x.npz"
+        np.savez(path, image=np.zeros((1, 1, 7, 8), np.float32))
+        return [str(EXAMPLE), "--inputs", str(path), *out], 2, "has shape 1x1x7x8"
+    if kind == "dump-dir-not-writable":
+        blocker = tmp / "a_file"
+        blocker.write_text("x")
+        return [str(EXAMPLE), "--dump-dir", str(blocker / "dumps"), *out], 2, "--dump-dir"
     if kind == "unknown-flag":
         return [str(EXAMPLE), "--frobnicate", *out], 2, "No such option"
     raise AssertionError(kind)
@@ -80,7 +100,8 @@ def make_bad_input(kind: str, tmp: Path) -> tuple[list[str], int, str]:
 
 KINDS = ["not-a-file", "missing-file", "not-onnx", "truncated", "cyclic", "missing-initializer", "dangling-input",
          "external-data-outside", "unknown-pass", "malformed-input-shape", "output-not-writable", "unknown-target",
-         "unknown-flag"]
+         "unknown-flag", "inputs-npy", "inputs-corrupt", "inputs-wrong-name", "inputs-wrong-shape",
+         "dump-dir-not-writable"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

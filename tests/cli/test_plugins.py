@@ -109,3 +109,10 @@ def test_plugins_can_be_disabled(run_mcc, plugin_env, tmp_path):
     assert result.returncode == 2 and "unknown pass 'scale-weights'" in result.stderr
     listing = run_mcc("passes", env=dict(plugin_env, MCC_DISABLE_PLUGINS="missing-object,not-a-pass,duplicate"))
     assert listing.stderr == ""
+
+
+def test_asking_for_a_broken_plugin_says_why_it_is_missing(run_mcc, plugin_env, tmp_path):
+    result = run_mcc("compile", EXAMPLE, "-o", tmp_path / "z", "--passes", "missing-object", env=plugin_env)
+    assert result.returncode == 2
+    assert "plugin 'missing-object' from 'mccplugin-demo' failed to load: AttributeError" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -80,3 +80,26 @@ def _strip_values(model: onnx.ModelProto) -> bytes:
         array = numpy_helper.to_array(tensor)
         tensor.CopyFrom(numpy_helper.from_array(np.zeros_like(array), tensor.name))
     return copy.SerializeToString()
+
+
+def test_explicit_empty_bias_input_is_replaced_not_appended():
+    model = conv_bn_model(with_bias=False)
+    model.graph.node[0].input.append("")
+    onnx.checker.check_model(model)
+    result = run_pass(FuseConvBatchNorm(), model)
+    (conv,) = result.model.graph.node
+    assert len(conv.input) == 3 and conv.input[2]
+    assert_same_function(model, result.model, atol=1e-4)
+
+
+def test_fp16_weights_fold_in_fp16():
+    model = conv_bn_model()
+    for tensor in model.graph.initializer:
+        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), tensor.name))
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    onnx.checker.check_model(model)
+    result = run_pass(FuseConvBatchNorm(), model)
+    assert op_types(result.model) == ["Conv"]
+    assert all(t.data_type == TensorProto.FLOAT16 for t in result.model.graph.initializer)
+    assert_same_function(model, result.model, atol=2e-2, rtol=2e-2)

@@ -137,3 +137,76 @@ def test_idempotent():
 def test_invalid_options_are_rejected(bad):
     with pytest.raises(ValueError):
         FoldConstants(max_size_mb=bad)
+
+
+def test_constants_read_only_inside_a_subgraph_stay_available():
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (bool cond, float[2] x) => (float[2] y) {
+        k = Constant<value = float[2] {3, 4}>()
+        y = If(cond) <
+            then_branch = then_g () => (float[2] t) { t = Add(x, k) },
+            else_branch = else_g () => (float[2] e) { e = Sub(x, k) }
+        >
+    }
+    """
+    model = parse_model(text)
+    result = run_pass(FoldConstants(), model)
+    assert result.modified  # the Constant node became an initializer
+    from mcc.toolchain.passmanager import verify_model
+
+    verify_model(result.model, "fold-constants")
+    assert "k" in {t.name for t in result.model.graph.initializer}
+    import numpy as np
+
+    from tests.conftest import ort_run
+
+    for cond in (True, False):
+        feed = {"cond": np.array(cond), "x": np.array([1.0, 2.0], np.float32)}
+        np.testing.assert_array_equal(ort_run(result.model, feed)[0], ort_run(model, feed)[0])
+
+
+def test_ir3_model_stays_valid_after_folding():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mcc.toolchain.passmanager import verify_model
+
+    weight = numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
+    nodes = [helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]), helper.make_node("MatMul", ["x", "wt"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3]),
+                                           helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], initializer=[weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)], ir_version=3)
+    result = run_pass(FoldConstants(), model)
+    assert op_types(result.model) == ["MatMul"]
+    verify_model(result.model, "fold-constants")
+
+
+def test_a_node_onnxruntime_cannot_evaluate_does_not_block_the_rest():
+    # onnxruntime has no int16 Relu kernel; the float weight arithmetic must still fold.
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 4] x) => (float[1, 3] y, int16[2] z) {
+        w = Constant<value = float[3, 4] {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}>()
+        wt = Transpose<perm = [1, 0]>(w)
+        y = MatMul(x, wt)
+        c = Constant<value = int16[2] {-1, 2}>()
+        r = Relu(c)
+        z = Add(r, c)
+    }
+    """
+    from mcc.toolchain.passmanager import PassContext
+
+    model = parse_model(text)
+    ctx = PassContext()
+    result = FoldConstants().run(model, ctx)
+    assert op_types(result.model) == ["MatMul", "Relu", "Add"]
+    assert any("'Relu_" in note or "Relu" in note for note in ctx.notes)
+
+
+def test_non_finite_option_is_rejected():
+    from mcc.toolchain.errors import UsageError
+    from mcc.toolchain.pipeline import parse_pipeline
+
+    with pytest.raises(UsageError, match="expects float"):
+        parse_pipeline("fold-constants{max-size-mb=nan}")
