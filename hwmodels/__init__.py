@@ -1,8 +1,9 @@
-"""Targets as data: one TOML file per device under `hwmodels/targets/`.
+"""Targets as data, and the hardware cost models that read them.
 
-A target names its backend and its TVM target (a JSON-style dict, as TVM 0.27 requires), and gives
-a source for every figure. `load_target` accepts a built-in name or a path to a user's TOML file.
-The cost-model fields (peak throughput, bandwidth, power, ...) arrive with the cost models.
+One TOML file per device under `hwmodels/targets/` (schema and units: `hwmodels/schema.py`;
+where each figure comes from: `hwmodels/README.md`). `load_target` accepts a built-in name or a
+path to a user's TOML file and validates it, reporting the first bad field in one line.
+The `host` target detects this machine's CPU at run time (`hwmodels/host.py`).
 """
 
 from __future__ import annotations
@@ -12,24 +13,45 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mcc.hwmodels.schema import OP_CLASSES, PRECISIONS, TargetSchemaError, validate_target_data
 from mcc.toolchain.errors import UsageError
 
 TARGETS_DIR = Path(__file__).parent / "targets"
-REQUIRED_FIELDS = {"name": str, "description": str, "backend": str}
 
 
 @dataclass(frozen=True)
 class TargetSpec:
+    """A validated target. Numbers carry their units in their names."""
+
     name: str
     description: str
+    device_class: str
     backend: str
     tvm_target: dict
+    cores: int
+    clock_ghz: float
+    peak_gops: dict[str, float]
+    dram_bandwidth_gb_s: float
+    dram_mb: float
+    sram_kib: float
+    flash_kib: float
+    cache_kib: float
+    idle_w: float
+    active_w: float
+    kernel_overhead_us: float
+    efficiency: dict[str, float]
+    bandwidth_efficiency: float
+    pj_per_op: dict[str, float]
+    dram_pj_per_byte: float
+    precisions: tuple[str, ...]
+    excluded_ops: tuple[str, ...] = ()
+    usd_per_hour: float | None = None
     detect_host: bool = False
-    sources: dict = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
     path: str = ""
 
     def tvm(self):
-        """The `tvm.target.Target`, with the host CPU detected when the target asks for it."""
+        """The `tvm.target.Target`; for the host, with the detected LLVM mcpu and core count."""
         import tvm
 
         config = dict(self.tvm_target)
@@ -38,42 +60,82 @@ class TargetSpec:
             mcpu = detected.attrs.get("mcpu")
             if mcpu:
                 config.setdefault("mcpu", str(mcpu))
-            config.setdefault("num-cores", len(os.sched_getaffinity(0)))
+            config.setdefault("num-cores", self.cores)
         return tvm.target.Target(config)
+
+    def as_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
 
 
 def list_targets() -> list[str]:
     return sorted(path.stem for path in TARGETS_DIR.glob("*.toml"))
 
 
-def load_target(name_or_path: str) -> TargetSpec:
-    """A built-in target by name, or a user target from a `.toml` path."""
+def _resolve(name_or_path: str) -> Path:
     if name_or_path.endswith(".toml") or os.sep in name_or_path:
         path = Path(name_or_path)
         if not path.is_file():
             raise UsageError(f"target file '{name_or_path}' does not exist")
-    else:
-        path = TARGETS_DIR / f"{name_or_path}.toml"
-        if not path.is_file():
-            raise UsageError(f"unknown target '{name_or_path}'; candidates are: {', '.join(list_targets())}")
+        return path
+    path = TARGETS_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise UsageError(f"unknown target '{name_or_path}'; candidates are: {', '.join(list_targets())}")
+    return path
+
+
+def target_from_data(data: dict, path: str = "") -> TargetSpec:
+    """Build a TargetSpec from already-validated TOML data."""
+    memory, compute, power = data["memory"], data["compute"], data["power"]
+    efficiency = {name: float(data["efficiency"][name]) for name in OP_CLASSES}
+    spec = TargetSpec(
+        name=data["name"],
+        description=data["description"],
+        device_class=data["device_class"],
+        backend=data["backend"],
+        tvm_target=dict(data["tvm"]["target"]),
+        cores=int(compute["cores"]),
+        clock_ghz=float(compute["clock_ghz"]),
+        peak_gops={k: float(v) for k, v in compute["peak_gops"].items()},
+        dram_bandwidth_gb_s=float(memory["dram_bandwidth_gb_s"]),
+        dram_mb=float(memory["dram_mb"]),
+        sram_kib=float(memory.get("sram_kib", 0.0)),
+        flash_kib=float(memory.get("flash_kib", 0.0)),
+        cache_kib=float(memory.get("cache_kib", 0.0)),
+        idle_w=float(power["idle_w"]),
+        active_w=float(power["active_w"]),
+        kernel_overhead_us=float(data["overhead"]["kernel_us"]),
+        efficiency=efficiency,
+        bandwidth_efficiency=float(data["efficiency"]["bandwidth"]),
+        pj_per_op={k: float(v) for k, v in data["energy"]["pj_per_op"].items()},
+        dram_pj_per_byte=float(data["energy"]["dram_pj_per_byte"]),
+        precisions=tuple(data["support"]["precisions"]),
+        excluded_ops=tuple(data["support"].get("excluded_ops", ())),
+        usd_per_hour=float(data["price"]["usd_per_hour"]) if "usd_per_hour" in data.get("price", {}) else None,
+        detect_host=bool(data.get("detect_host", False)),
+        sources=dict(data.get("sources", {})),
+        path=path,
+    )
+    if spec.detect_host:
+        from mcc.hwmodels.host import detect_host
+
+        spec = detect_host(spec)
+    return spec
+
+
+def load_target(name_or_path: str) -> TargetSpec:
+    """A built-in target by name, or a user target from a `.toml` path; validated."""
+    path = _resolve(name_or_path)
     try:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"target file '{path}': invalid TOML ({exc})") from None
-    for key, kind in REQUIRED_FIELDS.items():
-        if key not in data:
-            raise UsageError(f"target file '{path}': missing field '{key}'")
-        if not isinstance(data[key], kind):
-            raise UsageError(f"target file '{path}': field '{key}' must be a {kind.__name__}")
-    tvm_section = data.get("tvm", {})
-    if not isinstance(tvm_section.get("target"), dict):
-        raise UsageError(f"target file '{path}': missing table 'tvm.target' (a TVM target as a dict)")
-    return TargetSpec(
-        name=data["name"],
-        description=data["description"],
-        backend=data["backend"],
-        tvm_target=dict(tvm_section["target"]),
-        detect_host=bool(data.get("detect_host", False)),
-        sources=dict(data.get("sources", {})),
-        path=str(path),
-    )
+    try:
+        validate_target_data(data)
+    except TargetSchemaError as exc:
+        raise UsageError(f"target file '{path}': {exc}") from None
+    return target_from_data(data, str(path))
+
+
+__all__ = ["PRECISIONS", "TargetSpec", "list_targets", "load_target", "target_from_data"]

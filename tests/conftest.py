@@ -17,6 +17,13 @@ EXAMPLE = REPO / "examples" / "digits_cnn.onnx"
 EXAMPLE_INPUTS = REPO / "examples" / "digits_cnn_inputs.npz"
 
 
+def pytest_configure(config):
+    """Keep tests away from the user's cache (calibration profiles, later tuning records)."""
+    import tempfile
+
+    os.environ["MCC_CACHE_DIR"] = tempfile.mkdtemp(prefix="mcc-test-cache-")
+
+
 def parse_model(text: str) -> onnx.ModelProto:
     """An onnx.ModelProto from ONNX text (onnx.parser), checked."""
     model = onnx.parser.parse_model(text)

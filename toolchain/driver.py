@@ -225,6 +225,17 @@ def compile_model(request: CompileRequest) -> CompileOutcome:
     return CompileOutcome(report=report, output_dir=output_dir)
 
 
+def _estimate_or_note(model: onnx.ModelProto, target, precision: str, ctx: PassContext) -> dict | None:
+    """The cost model's prediction for the compiled model; a cost-model failure never fails a compile."""
+    from mcc.hwmodels.costmodel import estimate
+
+    try:
+        return estimate(model, target, precision).as_dict()
+    except Exception as exc:  # reported in the notes: the artifact is still built and validated
+        ctx.note(f"estimate failed: {type(exc).__name__}: {ir._first_line(exc)}")
+        return None
+
+
 def _compile_into(request: CompileRequest, target, backend, passes, staging: Path, output_dir: Path, timer: Timer) -> dict:
     """Load, optimize, compile, validate; write every output into `staging`; return the report."""
     from mcc.backends.onnxruntime import ReferenceRunner
@@ -263,6 +274,9 @@ def _compile_into(request: CompileRequest, target, backend, passes, staging: Pat
             f"op '{first.op_type}'{domain} at node '{first.name}' is not supported by backend {backend.name} "
             f"for target '{target.name}'{more}"
         )
+
+    with timer.measure("estimate"):
+        estimate = _estimate_or_note(optimized, target, request.precision, ctx)
 
     # The reference runs first: inputs it cannot run on are reported before a long compile.
     with timer.measure("reference"), capture_native_output() as reference_log:
@@ -324,6 +338,7 @@ def _compile_into(request: CompileRequest, target, backend, passes, staging: Pat
             "library": str(output_dir / library_path.name),
             "report": str(output_dir / REPORT_FILE),
         },
+        "estimate": estimate,
         "timings_s": {},
     }
     if native_log:

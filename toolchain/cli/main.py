@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from mcc.toolchain.errors import EXIT_INTERNAL, EXIT_USAGE, MccError, PassError
-
+from mcc.toolchain.cli.hardware import calibrate_command, estimate_command, targets_command
 from mcc.toolchain.cli.options import input_shape_option
 
 
@@ -98,14 +98,9 @@ def passes_command(as_json):
         click.echo(f"warning: {error}", err=True)
 
 
-@cli.command("targets")
-def targets_command():
-    """List the built-in targets."""
-    from mcc.hwmodels import list_targets, load_target
-
-    for name in list_targets():
-        spec = load_target(name)
-        click.echo(f"{name:<16} {spec.backend:<10} {spec.description}")
+cli.add_command(estimate_command)
+cli.add_command(targets_command)
+cli.add_command(calibrate_command)
 
 
 _CURRENT_REQUEST: list = []

@@ -1,0 +1,213 @@
+"""Calibrate the host's cost-model profile from micro-benchmarks compiled through the TVM backend.
+
+Each micro-benchmark is a one-op ONNX model, compiled exactly as `mcc compile` compiles (same
+backend, same target) and timed from the exported library with TVM's time_evaluator. The fit:
+
+1. `kernel_us` = the time of a tiny kernel (Relu on 16 floats): dispatch cost, no work.
+2. bandwidth: a large Add streams 3 x 16 MiB; effective GB/s = bytes / (time - overhead);
+   `bandwidth_efficiency` = effective / the target's `dram_bandwidth_gb_s` (the peak is raised
+   to the measurement if the assumed peak was lower).
+3. per op class: for each benchmark, the efficiency that makes the roofline prediction equal the
+   measurement, eff = compute_s(eff = 1) / (time - overhead), when the kernel is compute-bound at
+   that efficiency; the class's efficiency is the geometric mean over its shapes.
+
+The profile is written to the user cache (`hwmodels.host.calibration_path()`), keyed by the CPU,
+and `load_target("host")` applies it from then on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from mcc.hwmodels import TargetSpec
+from mcc.hwmodels.costmodel import estimate
+from mcc.hwmodels.host import calibration_path, cpu_fingerprint
+
+
+@dataclass(frozen=True)
+class MicroBenchmark:
+    name: str
+    op_class: str  # an efficiency class, or "overhead" / "bandwidth"
+    build: Callable[[], onnx.ModelProto]
+
+
+def _model(nodes, inputs: dict[str, list[int]], outputs: dict[str, list[int]], initializers=()) -> onnx.ModelProto:
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        nodes, "micro", [value(n, TensorProto.FLOAT, s) for n, s in inputs.items()],
+        [value(n, TensorProto.FLOAT, s) for n, s in outputs.items()], initializer=list(initializers),
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _weights(name: str, shape: tuple[int, ...]):
+    rng = np.random.default_rng(0)
+    return numpy_helper.from_array((rng.standard_normal(shape) * 0.05).astype(np.float32), name)
+
+
+def _conv(cin: int, cout: int, size: int, kernel: int, stride: int = 1, group: int = 1) -> Callable[[], onnx.ModelProto]:
+    def build() -> onnx.ModelProto:
+        pad = kernel // 2
+        out = (size + 2 * pad - kernel) // stride + 1
+        node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[pad] * 4, strides=[stride] * 2,
+                                group=group)
+        return _model([node], {"x": [1, cin, size, size]}, {"y": [1, cout, out, out]},
+                      [_weights("w", (cout, cin // group, kernel, kernel))])
+
+    return build
+
+
+def _matmul(m: int, k: int, n: int) -> Callable[[], onnx.ModelProto]:
+    def build() -> onnx.ModelProto:
+        node = helper.make_node("MatMul", ["x", "w"], ["y"], name="matmul")
+        return _model([node], {"x": [m, k]}, {"y": [m, n]}, [_weights("w", (k, n))])
+
+    return build
+
+
+def _unary(op: str, shape: list[int], **attrs) -> Callable[[], onnx.ModelProto]:
+    def build() -> onnx.ModelProto:
+        return _model([helper.make_node(op, ["x"], ["y"], name=op.lower(), **attrs)], {"x": shape}, {"y": shape})
+
+    return build
+
+
+def _binary_add(elements: int) -> Callable[[], onnx.ModelProto]:
+    def build() -> onnx.ModelProto:
+        node = helper.make_node("Add", ["a", "b"], ["y"], name="add")
+        return _model([node], {"a": [elements], "b": [elements]}, {"y": [elements]})
+
+    return build
+
+
+def _pool(channels: int, size: int) -> Callable[[], onnx.ModelProto]:
+    def build() -> onnx.ModelProto:
+        node = helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=[3, 3], strides=[2, 2])
+        out = (size - 3) // 2 + 1
+        return _model([node], {"x": [1, channels, size, size]}, {"y": [1, channels, out, out]})
+
+    return build
+
+
+def _reduce_mean(rows: int, cols: int) -> Callable[[], onnx.ModelProto]:
+    def build() -> onnx.ModelProto:
+        axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+        node = helper.make_node("ReduceMean", ["x", "axes"], ["y"], name="mean", keepdims=1)
+        graph = helper.make_graph(
+            [node], "micro", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, cols])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, 1])], initializer=[axes])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+
+    return build
+
+
+def _transpose(shape: list[int]) -> Callable[[], onnx.ModelProto]:
+    def build() -> onnx.ModelProto:
+        node = helper.make_node("Transpose", ["x"], ["y"], name="transpose", perm=[0, 2, 3, 1])
+        return _model([node], {"x": shape}, {"y": [shape[0], shape[2], shape[3], shape[1]]})
+
+    return build
+
+
+BENCHMARKS: tuple[MicroBenchmark, ...] = (
+    MicroBenchmark("tiny-relu", "overhead", _unary("Relu", [16])),
+    MicroBenchmark("add-16MiB", "bandwidth", _binary_add(4 * 2**20)),
+    MicroBenchmark("conv3x3-32x28", "conv", _conv(32, 32, 28, 3)),
+    MicroBenchmark("conv1x1-64x14", "conv", _conv(64, 64, 14, 1)),
+    MicroBenchmark("conv3x3s2-16x56", "conv", _conv(16, 32, 56, 3, stride=2)),
+    MicroBenchmark("dwconv3x3-64x28", "depthwise_conv", _conv(64, 64, 28, 3, group=64)),
+    MicroBenchmark("matmul-64x256x256", "matmul", _matmul(64, 256, 256)),
+    MicroBenchmark("matvec-1x512x512", "matmul", _matmul(1, 512, 512)),
+    MicroBenchmark("exp-64x56x56", "elementwise", _unary("Exp", [1, 64, 56, 56])),
+    MicroBenchmark("relu-64x56x56", "elementwise", _unary("Relu", [1, 64, 56, 56])),
+    MicroBenchmark("maxpool3x3s2-64x56", "pool", _pool(64, 56)),
+    MicroBenchmark("softmax-64x1000", "reduction", _unary("Softmax", [64, 1000], axis=1)),
+    MicroBenchmark("reducemean-256x1024", "reduction", _reduce_mean(256, 1024)),
+    MicroBenchmark("transpose-64x56x56", "data_movement", _transpose([1, 64, 56, 56])),
+)
+
+
+def measure_ms(model: onnx.ModelProto, spec: TargetSpec, work_dir: Path, repeat: int) -> float:
+    """Median latency in ms of the model compiled by mcc's TVM backend and loaded from disk."""
+    from mcc.backends import get_backend
+
+    backend = get_backend(spec.backend)
+    shapes = {value.name: tuple(d.dim_value for d in value.type.tensor_type.shape.dim) for value in model.graph.input}
+    library = work_dir / f"micro-{len(list(work_dir.iterdir()))}.so"
+    backend.compile(model, spec.tvm(), shapes, library)
+    runner = backend.load(library, model)
+    rng = np.random.default_rng(0)
+    inputs = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
+    return statistics.median(runner.time_ms(inputs, repeat=repeat))
+
+
+def fit_profile(spec: TargetSpec, measured: dict[str, float]) -> dict:
+    """Efficiencies, bandwidth and overhead that make the roofline match the measurements."""
+    benchmarks = {b.name: b for b in BENCHMARKS}
+    kernel_us = measured["tiny-relu"] * 1e3
+    overhead_s = kernel_us * 1e-6
+    bandwidth_time_s = max(measured["add-16MiB"] * 1e-3 - overhead_s, 1e-9)
+    effective_gb_s = 3 * 4 * 4 * 2**20 / bandwidth_time_s / 1e9
+    peak_gb_s = max(spec.dram_bandwidth_gb_s, effective_gb_s)
+    base = dataclasses.replace(spec, kernel_overhead_us=kernel_us, dram_bandwidth_gb_s=peak_gb_s,
+                               bandwidth_efficiency=effective_gb_s / peak_gb_s,
+                               efficiency={name: 1.0 for name in spec.efficiency})
+    per_class: dict[str, list[float]] = {}
+    for name, latency_ms in measured.items():
+        benchmark = benchmarks[name]
+        if benchmark.op_class in ("overhead", "bandwidth"):
+            continue
+        (kernel,) = estimate(benchmark.build(), base).kernels
+        work_s = max(latency_ms * 1e-3 - overhead_s, 1e-9)
+        compute_s = kernel.compute_ms * 1e-3  # at efficiency 1
+        memory_s = kernel.memory_ms * 1e-3
+        # A measurement within 10 % of the memory time is memory-bound: it says nothing about compute.
+        if work_s > 1.1 * memory_s and compute_s > 0:
+            per_class.setdefault(benchmark.op_class, []).append(min(compute_s / work_s, 1.0))
+    efficiency = dict(spec.efficiency)
+    for op_class, values in per_class.items():
+        efficiency[op_class] = math.exp(statistics.fmean(math.log(v) for v in values))
+    if "conv" in per_class:
+        efficiency["other"] = min(efficiency["other"], efficiency["conv"])
+    return {
+        "efficiency": {k: float(f"{v:.6g}") for k, v in efficiency.items()},
+        "bandwidth_efficiency": float(f"{effective_gb_s / peak_gb_s:.6g}"),
+        "dram_bandwidth_gb_s": float(f"{peak_gb_s:.6g}"),
+        "kernel_us": float(f"{kernel_us:.6g}"),
+    }
+
+
+def calibrate(spec: TargetSpec, repeat: int = 10, progress: Callable[[str], None] | None = None) -> tuple[dict, Path]:
+    """Run every micro-benchmark, fit the profile, and save it atomically in the user cache."""
+    measured: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="mcc-calibrate-") as work:
+        for benchmark in BENCHMARKS:
+            if progress is not None:
+                progress(benchmark.name)
+            measured[benchmark.name] = measure_ms(benchmark.build(), spec, Path(work), repeat)
+    profile = fit_profile(spec, measured)
+    profile.update({
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "cpu_fingerprint": cpu_fingerprint(),
+        "tvm_target": str(spec.tvm()),
+        "measured_ms": {k: float(f"{v:.6g}") for k, v in measured.items()},
+    })
+    path = calibration_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + f".tmp{os.getpid()}")
+    temporary.write_text(json.dumps(profile, indent=2, sort_keys=True) + "\n")
+    os.replace(temporary, path)
+    return profile, path

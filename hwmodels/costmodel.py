@@ -1,0 +1,234 @@
+"""The analytic cost model: roofline per fused kernel, liveness-planned memory, energy and price.
+
+For a kernel k running at precision p on target T:
+
+    compute_s(k) = sum over its nodes n of ops(n) / (peak_gops[p] * 1e9 * efficiency[class(n)])
+    memory_s(k)  = bytes(k) / (dram_bandwidth_gb_s * 1e9 * bandwidth_efficiency)
+    time_s(k)    = max(compute_s, memory_s) + kernel_us * 1e-6         (bound: the larger term)
+
+bytes(k) counts what crosses the kernel boundary: activations read from outside the kernel,
+weights, and outputs read outside it (a fused elementwise op after a conv does not round-trip
+memory). Latency is the sum over kernels (batch 1, one kernel at a time, as the Relax VM runs).
+
+    energy_j = ops * pj_per_op[p] * 1e-12 + bytes * dram_pj_per_byte * 1e-12 + idle_w * latency_s
+    usd_per_million = usd_per_hour / 3600 * latency_s * 1e6              (cloud targets)
+
+Precision: the whole model (`precision`) or per node (`layer_precisions`, node name -> precision);
+a precision the target has no peak for runs at its fp32 rate (and the estimate says so). The model
+answers "what if" questions cheaply: nothing here compiles or runs the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import onnx
+
+from mcc.hwmodels import TargetSpec
+from mcc.hwmodels.kernels import form_kernels, resolve_alias
+from mcc.hwmodels.memory import Buffer, plan_arena
+from mcc.hwmodels.workload import model_work, tensor_bytes
+from mcc.toolchain import ir
+
+
+@dataclass
+class KernelEstimate:
+    name: str
+    ops: list[str]
+    op_class: str
+    precision: str
+    output_shape: list[int] | None
+    macs: int
+    arithmetic_ops: float
+    bytes: float
+    compute_ms: float
+    memory_ms: float
+    latency_ms: float
+    bound: str  # "compute" | "memory" | "overhead"
+
+
+@dataclass
+class Estimate:
+    target: str
+    precision: str
+    latency_ms: float
+    peak_memory_mb: float
+    arena_mb: float
+    weights_mb: float
+    size_mb: float
+    energy_mj: float
+    usd_per_million: float | None
+    macs: int
+    kernels: list[KernelEstimate]
+    fits: bool
+    verdict: str
+    notes: list[str] = field(default_factory=list)
+
+    def hotspots(self, count: int = 5) -> list[KernelEstimate]:
+        return sorted(self.kernels, key=lambda k: -k.latency_ms)[:count]
+
+    def as_dict(self, with_kernels: bool = True) -> dict:
+        data = asdict(self)
+        if not with_kernels:
+            data.pop("kernels")
+        data["hotspots"] = [k.name for k in self.hotspots()]
+        return data
+
+
+def _precision_for(work, default: str, layer_precisions: dict[str, str] | None) -> str:
+    if layer_precisions and work.name in layer_precisions:
+        return layer_precisions[work.name]
+    return default
+
+
+def estimate(
+    model: onnx.ModelProto,
+    target: TargetSpec,
+    precision: str = "fp32",
+    layer_precisions: dict[str, str] | None = None,
+) -> Estimate:
+    """Predict latency, memory, size, energy and price of a static-shape model on `target`."""
+    inferred = ir.infer_shapes(model)
+    works, types = model_work(inferred)
+    graph_outputs = {value.name for value in model.graph.output}
+    kernels = form_kernels(works, graph_outputs)
+    notes: list[str] = []
+
+    def peak(p: str) -> float:
+        if p not in target.peak_gops:
+            note = f"{target.name} has no {p} rate; {p} layers are estimated at its fp32 rate"
+            if note not in notes:
+                notes.append(note)
+            return target.peak_gops["fp32"]
+        return target.peak_gops[p]
+
+    alias = resolve_alias(works)
+    readers: dict[str, set[int]] = {}  # tensor (through views) -> indices of the nodes that read it
+    for work in works:
+        if work.op_class != "view":
+            for name in work.inputs:
+                readers.setdefault(alias.get(name, name), set()).add(work.index)
+    kernel_index_of: dict[str, int] = {}
+    for index, kernel in enumerate(kernels):
+        for name in kernel.produced():
+            kernel_index_of[name] = index
+
+    bandwidth_b_s = target.dram_bandwidth_gb_s * 1e9 * target.bandwidth_efficiency
+    overhead_s = target.kernel_overhead_us * 1e-6
+    results: list[KernelEstimate] = []
+    total_ops = total_bytes = dynamic_op_pj = 0.0
+    last_read: dict[str, int] = {}
+    for index, kernel in enumerate(kernels):
+        kernel_precision = _precision_for(kernel.anchor, precision, layer_precisions)
+        produced = kernel.produced()
+        members = {node.index for node in kernel.nodes}
+        read_outside = set()
+        compute_s = 0.0
+        ops = 0.0
+        for node in kernel.nodes:
+            node_precision = _precision_for(node, kernel_precision, layer_precisions)
+            rate = peak(node_precision) * 1e9 * target.efficiency[node.op_class if node.op_class != "view" else "other"]
+            compute_s += node.ops / rate if rate > 0 else 0.0
+            ops += node.ops
+            dynamic_op_pj += node.ops * target.pj_per_op.get(node_precision, target.pj_per_op["fp32"])
+            for name in node.inputs:
+                source = alias.get(name, name)
+                if source not in produced:
+                    read_outside.add(source)
+                    last_read[source] = index
+        moved = sum(tensor_bytes(name, types, kernel_precision) for name in read_outside)
+        moved += sum(
+            tensor_bytes(name, types, kernel_precision) for node in kernel.nodes for name in node.weights
+        )
+        moved += sum(
+            tensor_bytes(name, types, kernel_precision)
+            for node in kernel.nodes
+            for name in node.outputs
+            if readers.get(name, set()) - members or name in graph_outputs
+        )
+        memory_s = moved / bandwidth_b_s if bandwidth_b_s > 0 else 0.0
+        time_s = max(compute_s, memory_s) + overhead_s
+        bound = "compute" if compute_s >= memory_s else "memory"
+        if overhead_s > max(compute_s, memory_s):
+            bound = "overhead"
+        total_ops += ops
+        total_bytes += moved
+        results.append(
+            KernelEstimate(
+                name=kernel.name,
+                ops=[node.op_type for node in kernel.nodes],
+                op_class=kernel.op_class,
+                precision=kernel_precision,
+                output_shape=list(kernel.nodes[-1].output_shape) if kernel.nodes[-1].output_shape else None,
+                macs=sum(node.macs for node in kernel.nodes),
+                arithmetic_ops=ops,
+                bytes=moved,
+                compute_ms=compute_s * 1e3,
+                memory_ms=memory_s * 1e3,
+                latency_ms=time_s * 1e3,
+                bound=bound,
+            )
+        )
+
+    latency_s = sum(k.latency_ms for k in results) / 1e3
+
+    # Weights: every initializer, at the precision of the node that reads it.
+    weight_precision: dict[str, str] = {}
+    for work in works:
+        for name in work.weights:
+            weight_precision.setdefault(name, _precision_for(work, precision, layer_precisions))
+    weights_bytes = sum(tensor_bytes(name, types, p) for name, p in weight_precision.items())
+
+    buffers = _buffers(model, kernels, kernel_index_of, last_read, alias, graph_outputs, types, precision)
+    plan = plan_arena(buffers)
+    peak_bytes = weights_bytes + plan.arena_bytes
+    energy_j = dynamic_op_pj * 1e-12 + total_bytes * target.dram_pj_per_byte * 1e-12 + target.idle_w * latency_s
+    usd = target.usd_per_hour / 3600.0 * latency_s * 1e6 if target.usd_per_hour is not None else None
+    fits, verdict = _memory_verdict(target, weights_bytes, plan.arena_bytes, peak_bytes)
+    return Estimate(
+        target=target.name,
+        precision=precision if not layer_precisions else "mixed",
+        latency_ms=latency_s * 1e3,
+        peak_memory_mb=peak_bytes / 2**20,
+        arena_mb=plan.arena_bytes / 2**20,
+        weights_mb=weights_bytes / 2**20,
+        size_mb=weights_bytes / 2**20,
+        energy_mj=energy_j * 1e3,
+        usd_per_million=usd,
+        macs=sum(k.macs for k in results),
+        kernels=results,
+        fits=fits,
+        verdict=verdict,
+        notes=notes,
+    )
+
+
+def _buffers(model, kernels, kernel_index_of, last_read, alias, graph_outputs, types, precision) -> list[Buffer]:
+    end = len(kernels)
+    buffers = []
+    for value in ir.graph_inputs(model):
+        buffers.append(Buffer(value.name, tensor_bytes(value.name, types, precision), 0,
+                              last_read.get(value.name, 0)))
+    outputs_sources = {alias.get(name, name) for name in graph_outputs}
+    for name, index in kernel_index_of.items():
+        last = end if name in outputs_sources else last_read.get(name)
+        if last is None:
+            continue  # consumed only inside its own kernel: fused away
+        buffers.append(Buffer(name, tensor_bytes(name, types, precision), index, max(last, index)))
+    return buffers
+
+
+def _memory_verdict(target: TargetSpec, weights_bytes: float, arena_bytes: float, peak_bytes: float) -> tuple[bool, str]:
+    if target.device_class == "mcu":
+        problems = []
+        if target.flash_kib and weights_bytes > target.flash_kib * 1024:
+            problems.append(f"weights {weights_bytes / 1024:.0f} KiB > flash {target.flash_kib:.0f} KiB")
+        if target.sram_kib and arena_bytes > target.sram_kib * 1024:
+            problems.append(f"activations {arena_bytes / 1024:.0f} KiB > SRAM {target.sram_kib:.0f} KiB")
+        if problems:
+            return False, f"does not fit {target.name}: " + "; ".join(problems)
+        return True, f"fits {target.name} (weights in flash, activations in SRAM)"
+    capacity = target.dram_mb * 2**20
+    if capacity and peak_bytes > capacity:
+        return False, f"does not fit {target.name}: needs {peak_bytes / 2**20:.1f} MB, has {target.dram_mb:.0f} MB"
+    return True, f"fits {target.name} memory ({peak_bytes / 2**20:.1f} MB of {target.dram_mb:.0f} MB)"

@@ -1,0 +1,108 @@
+"""Detect the host CPU: cores, clock, vector extensions -> peak rates; apply a calibrated profile.
+
+Peak ops per cycle per core come from the CPU flags (two FMA ports assumed, as on every
+AVX-512 server core since Skylake-SP):
+
+    avx512f      fp32: 2 ports x 16 lanes x 2 ops = 64      fp16 (avx512_fp16): 128
+    avx2 + fma   fp32: 2 ports x  8 lanes x 2 ops = 32
+    avx512_vnni  int8: 2 ports x 64 MACs x 2 ops = 256      (avx2 vnni/none: 4x fp32)
+    otherwise    fp32: 8 (SSE)
+
+`mcc calibrate --target host` measures what TVM-compiled kernels reach and stores a profile in
+the user cache; `detect_host` applies it when present, and the target's sources say so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+
+def _cpuinfo() -> dict[str, str]:
+    info: dict[str, str] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() not in info:
+            info[key.strip()] = value.strip()
+    return info
+
+
+def ops_per_cycle(flags: set[str]) -> dict[str, float]:
+    if "avx512f" in flags:
+        fp32 = 64.0
+    elif "avx2" in flags and "fma" in flags:
+        fp32 = 32.0
+    else:
+        fp32 = 8.0
+    fp16 = 2 * fp32 if "avx512_fp16" in flags else fp32
+    int8 = 256.0 if "avx512_vnni" in flags else 4 * fp32 if "avx_vnni" in flags else 2 * fp32
+    return {"fp32": fp32, "fp16": fp16, "int8": int8}
+
+
+def cpu_fingerprint() -> str:
+    """Identifies the CPU a calibration was measured on (model, flags, core count)."""
+    info = _cpuinfo()
+    text = "|".join([info.get("model name", "?"), info.get("flags", ""), str(len(os.sched_getaffinity(0)))])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("MCC_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mcc"
+    )
+    return Path(base)
+
+
+def calibration_path() -> Path:
+    return cache_dir() / "calibration" / f"host-{cpu_fingerprint()}.json"
+
+
+def detect_host(spec):
+    """The host target with detected figures (and a calibrated profile, when one exists)."""
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    cores = len(os.sched_getaffinity(0))
+    try:
+        clock_ghz = float(info.get("cpu MHz", "")) / 1000.0
+    except ValueError:
+        clock_ghz = spec.clock_ghz
+    per_cycle = ops_per_cycle(flags)
+    peak = {precision: round(cores * clock_ghz * per_cycle[precision], 3) for precision in spec.peak_gops}
+    try:
+        dram_mb = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (ValueError, OSError):
+        dram_mb = spec.dram_mb
+    description = f"{spec.description}: {info.get('model name', 'unknown CPU')}, {cores} cores @ {clock_ghz:.2f} GHz"
+    updated = dataclasses.replace(spec, cores=cores, clock_ghz=clock_ghz, peak_gops=peak, dram_mb=round(dram_mb, 1),
+                                  description=description)
+    return apply_calibration(updated)
+
+
+def apply_calibration(spec):
+    path = calibration_path()
+    if not path.is_file():
+        return spec
+    try:
+        profile = json.loads(path.read_text())
+        efficiency = {**spec.efficiency, **{k: float(v) for k, v in profile.get("efficiency", {}).items()}}
+        sources = dict(spec.sources)
+        note = f"calibrated on host by `mcc calibrate` ({profile.get('date', '?')}, {path})"
+        for key in ("efficiency", "memory.dram_bandwidth_gb_s", "overhead.kernel_us"):
+            sources[key] = note
+        return dataclasses.replace(
+            spec,
+            efficiency=efficiency,
+            bandwidth_efficiency=float(profile.get("bandwidth_efficiency", spec.bandwidth_efficiency)),
+            dram_bandwidth_gb_s=float(profile.get("dram_bandwidth_gb_s", spec.dram_bandwidth_gb_s)),
+            kernel_overhead_us=float(profile.get("kernel_us", spec.kernel_overhead_us)),
+            sources=sources,
+        )
+    except (OSError, ValueError, TypeError, AttributeError):
+        return spec  # a corrupt profile is ignored; `mcc calibrate` rewrites it

@@ -1,0 +1,171 @@
+"""The cost model's arithmetic, checked against values computed by hand on a synthetic target."""
+
+import copy
+import tomllib
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from mcc.hwmodels import TARGETS_DIR, target_from_data
+from mcc.hwmodels.costmodel import estimate
+from mcc.hwmodels.memory import Buffer, plan_arena
+from tests.conftest import parse_model
+
+
+def synthetic_target(**changes):
+    """Round numbers: 100 GOP/s fp32, 400 int8, 10 GB/s, conv at 50 %, everything else 100 %."""
+    data = tomllib.loads((TARGETS_DIR / "host.toml").read_text())
+    data = copy.deepcopy(data)
+    data["detect_host"] = False
+    data["compute"]["peak_gops"] = {"fp32": 100.0, "int8": 400.0}
+    data["support"]["precisions"] = ["fp32", "int8"]
+    data["energy"]["pj_per_op"] = {"fp32": 1.0, "int8": 0.25}
+    data["energy"]["dram_pj_per_byte"] = 100.0
+    data["memory"]["dram_bandwidth_gb_s"] = 10.0
+    data["overhead"]["kernel_us"] = 0.1
+    data["power"]["idle_w"] = 2.0
+    data["price"] = {"usd_per_hour": 3.6}
+    data["sources"]["price"] = "synthetic"
+    for name in data["efficiency"]:
+        data["efficiency"][name] = 1.0
+    data["efficiency"]["conv"] = 0.5
+    for key, value in changes.items():
+        table, field = key.split("__")
+        data[table][field] = value
+    return target_from_data(data)
+
+
+def conv_relu_model() -> onnx.ModelProto:
+    weight = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "W")
+    bias = numpy_helper.from_array(np.zeros(4, np.float32), "B")
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"], name="relu")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              initializer=[weight, bias])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_conv_relu_roofline_energy_price_memory_by_hand():
+    result = estimate(conv_relu_model(), synthetic_target())
+    (kernel,) = result.kernels  # the Relu fuses into the Conv's kernel
+    assert kernel.ops == ["Conv", "Relu"]
+    assert kernel.macs == 256 * 27  # 1x4x8x8 outputs, each 3 channels x 3x3
+    assert kernel.arithmetic_ops == 2 * 6912 + 256
+    # bytes: input 768 + weights 432 + bias 16 + output 1024; the Conv->Relu tensor never reaches memory
+    assert kernel.bytes == 768 + 432 + 16 + 1024
+    compute_s = 13824 / (100e9 * 0.5) + 256 / 100e9
+    memory_s = 2240 / 10e9
+    assert kernel.compute_ms == pytest.approx(compute_s * 1e3)
+    assert kernel.memory_ms == pytest.approx(memory_s * 1e3)
+    assert kernel.bound == "compute"
+    latency_s = compute_s + 0.1e-6
+    assert result.latency_ms == pytest.approx(latency_s * 1e3)
+    energy_j = 14080 * 1e-12 + 2240 * 100e-12 + 2.0 * latency_s
+    assert result.energy_mj == pytest.approx(energy_j * 1e3)
+    assert result.usd_per_million == pytest.approx(3.6 / 3600 * latency_s * 1e6)
+    assert result.weights_mb == pytest.approx(448 / 2**20)
+    assert result.arena_mb == pytest.approx((768 + 1024) / 2**20)  # input and output alive together
+    assert result.peak_memory_mb == pytest.approx((448 + 1792) / 2**20)
+
+
+def test_int8_what_if_quarters_bytes_and_uses_the_int8_rate():
+    fp32 = estimate(conv_relu_model(), synthetic_target())
+    int8 = estimate(conv_relu_model(), synthetic_target(), precision="int8")
+    assert int8.kernels[0].bytes == fp32.kernels[0].bytes / 4
+    assert int8.size_mb == pytest.approx(fp32.size_mb / 4)
+    assert int8.kernels[0].compute_ms == pytest.approx(fp32.kernels[0].compute_ms / 4)
+    per_layer = estimate(conv_relu_model(), synthetic_target(), layer_precisions={"conv": "int8"})
+    assert per_layer.precision == "mixed" and per_layer.kernels[0].precision == "int8"
+
+
+def test_precision_without_a_rate_falls_back_to_fp32_with_a_note():
+    result = estimate(conv_relu_model(), synthetic_target(), precision="fp16")
+    assert result.kernels[0].compute_ms == pytest.approx(
+        estimate(conv_relu_model(), synthetic_target()).kernels[0].compute_ms)
+    assert any("no fp16 rate" in note for note in result.notes)
+
+
+def test_memory_bound_kernel_and_op_classes():
+    model = parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 16, 32, 32] x) => (float[1, 16, 16, 16] y, float[1, 16, 32, 32] z, float[1, 16, 32, 32] s) {
+        y = MaxPool<kernel_shape = [2, 2], strides = [2, 2]>(x)
+        z = Exp(x)
+        s = Softmax<axis = 1>(x)
+    }
+    """)
+    result = estimate(model, synthetic_target(efficiency__bandwidth=1.0))
+    by_op = {k.ops[0]: k for k in result.kernels}
+    elements = 16 * 32 * 32
+    assert by_op["MaxPool"].arithmetic_ops == 16 * 16 * 16 * 4  # output elements x window
+    assert by_op["Exp"].arithmetic_ops == 8 * elements  # transcendental weight 8
+    assert by_op["Softmax"].arithmetic_ops == 4 * elements
+    assert by_op["MaxPool"].bound == "memory"  # 1 op per 5 bytes: far below the ridge point
+    assert by_op["MaxPool"].bytes == elements * 4 + 16 * 16 * 16 * 4
+
+
+def test_depthwise_conv_is_its_own_class():
+    model = parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 8, 16, 16] x) => (float[1, 8, 16, 16] y) <float[8, 1, 3, 3] w = {
+        1,1,1,1,1,1,1,1,1, 1,1,1,1,1,1,1,1,1, 1,1,1,1,1,1,1,1,1, 1,1,1,1,1,1,1,1,1,
+        1,1,1,1,1,1,1,1,1, 1,1,1,1,1,1,1,1,1, 1,1,1,1,1,1,1,1,1, 1,1,1,1,1,1,1,1,1}> {
+        y = Conv<group = 8, pads = [1, 1, 1, 1]>(x, w)
+    }
+    """)
+    (kernel,) = estimate(model, synthetic_target(efficiency__depthwise_conv=0.25)).kernels
+    assert kernel.op_class == "depthwise_conv" and kernel.macs == 8 * 16 * 16 * 9
+    assert kernel.compute_ms == pytest.approx(2 * 8 * 16 * 16 * 9 / (100e9 * 0.25) * 1e3)
+
+
+def test_views_are_free_and_do_not_fuse_across():
+    model = parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 4, 4] x) => (float[1, 16] y) <int64[2] shape = {1, 16}> {
+        t = Transpose<perm = [0, 2, 1]>(x)
+        r = Reshape(t, shape)
+        y = Relu(r)
+    }
+    """)
+    result = estimate(model, synthetic_target())
+    assert [k.ops for k in result.kernels] == [["Transpose"], ["Relu"]]
+
+
+def test_arena_plan_reuses_memory_of_dead_tensors():
+    buffers = [Buffer("x", 1000, 0, 0), Buffer("a", 1000, 0, 1), Buffer("b", 1000, 1, 2), Buffer("y", 1000, 2, 3)]
+    plan = plan_arena(buffers)
+    assert plan.arena_bytes == 2000 and plan.peak_live_bytes == 2000
+    assert plan_arena([Buffer("big", 3000, 0, 1), Buffer("small", 1000, 2, 3)]).arena_bytes == 3000
+
+
+def test_microcontroller_verdict_when_activations_exceed_sram():
+    data = tomllib.loads((TARGETS_DIR / "stm32l4.toml").read_text())
+    spec = target_from_data(data)
+    big = parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 64, 128, 128] x) => (float[1, 64, 128, 128] y) { y = Relu(x) }
+    """)
+    result = estimate(big, spec)
+    assert not result.fits and "SRAM" in result.verdict
+    small = estimate(conv_relu_model(), spec)
+    assert small.fits
+
+
+def test_estimate_cli_and_compile_report(run_mcc, tmp_path):
+    import json
+
+    from tests.conftest import EXAMPLE
+
+    result = run_mcc("estimate", EXAMPLE, "-t", "host", "-t", "stm32h7", "-t", "nvidia-t4")
+    assert result.returncode == 0, result.stderr
+    assert "hotspots:" in result.stdout and "verdict:" in result.stdout and "stm32h7" in result.stdout
+    data = json.loads(run_mcc("estimate", EXAMPLE, "--precision", "int8", "--json").stdout)
+    (only,) = data["estimates"]
+    assert only["precision"] == "int8" and only["latency_ms"] > 0 and only["kernels"]
+    compiled = run_mcc("compile", EXAMPLE, "-o", tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["estimate"]["target"] == "host" and report["estimate"]["latency_ms"] > 0
+    assert compiled.returncode == 0
