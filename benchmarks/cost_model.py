@@ -51,9 +51,15 @@ SKIP = {"silero_vad_v6_fasterwhisper.onnx": "LSTM: not compiled by the backend y
 
 
 def zoo_model(path: str) -> onnx.ModelProto:
-    """A light zoo graph with random weights scaled by 1/sqrt(fan-in), trailing Softmax removed."""
+    """A light zoo graph with random weights scaled by 1/sqrt(fan-in), trailing Softmax removed.
+
+    The zoo files are IR 3 with weights listed as inputs and the largest ones stored as
+    ConstantOfShape placeholders (shared/notes/tvm-0.27.md, pitfall 16).
+    """
     model = onnx.load(path)
     rng = np.random.default_rng(0)
+    # BatchNormalization scale and variance must stay positive for the network to compute numbers.
+    positive = {node.input[i] for node in model.graph.node if node.op_type == "BatchNormalization" for i in (1, 4)}
     for tensor in model.graph.initializer:
         array = numpy_helper.to_array(tensor)
         if array.dtype.kind != "f":
@@ -61,9 +67,19 @@ def zoo_model(path: str) -> onnx.ModelProto:
         fan_in = int(np.prod(array.shape[1:])) if array.ndim > 1 else 1
         scale = 1.0 / np.sqrt(max(fan_in, 1)) if array.ndim > 1 else 0.1
         values = rng.standard_normal(array.shape) * scale
-        if "var" in tensor.name.lower() or tensor.name.endswith("_s") or "scale" in tensor.name.lower():
+        if tensor.name in positive:
             values = np.abs(values) + 0.5
         tensor.CopyFrom(numpy_helper.from_array(values.astype(array.dtype), tensor.name))
+    # Large weights are stored as ConstantOfShape placeholders: make them real random initializers.
+    shapes = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in [n for n in model.graph.node if n.op_type == "ConstantOfShape" and n.input[0] in shapes]:
+        shape = tuple(int(d) for d in shapes[node.input[0]])
+        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        values = (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
+        if node.output[0] in positive:
+            values = np.abs(values) + 0.5
+        model.graph.initializer.append(numpy_helper.from_array(values, node.output[0]))
+        model.graph.node.remove(node)
     if model.graph.node and model.graph.node[-1].op_type == "Softmax":
         last = model.graph.node[-1]
         del model.graph.node[-1]

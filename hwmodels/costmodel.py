@@ -13,7 +13,8 @@ memory). Latency is the sum over kernels (batch 1, one kernel at a time, as the 
     energy_j = ops * pj_per_op[p] * 1e-12 + bytes * dram_pj_per_byte * 1e-12 + idle_w * latency_s
     usd_per_million = usd_per_hour / 3600 * latency_s * 1e6              (cloud targets)
 
-Precision: the whole model (`precision`) or per node (`layer_precisions`, node name -> precision);
+Precision: the whole model (`precision`: fp32, fp16, int8, or "native" for the dtypes the model
+already has) or per node (`layer_precisions`, node name -> precision);
 a precision the target has no peak for runs at its fp32 rate (and the estimate says so). The model
 answers "what if" questions cheaply: nothing here compiles or runs the model.
 """
@@ -27,7 +28,7 @@ import onnx
 from mcc.hwmodels import TargetSpec
 from mcc.hwmodels.kernels import form_kernels, resolve_alias
 from mcc.hwmodels.memory import Buffer, plan_arena
-from mcc.hwmodels.workload import model_work, tensor_bytes
+from mcc.hwmodels.workload import model_work, native_precision, tensor_bytes
 from mcc.toolchain import ir
 
 
@@ -75,16 +76,18 @@ class Estimate:
         return data
 
 
-def _precision_for(work, default: str, layer_precisions: dict[str, str] | None) -> str:
+def _precision_for(work, default: str, layer_precisions: dict[str, str] | None, types: dict) -> str:
     if layer_precisions and work.name in layer_precisions:
         return layer_precisions[work.name]
+    if default == "native":
+        return native_precision(work.outputs[0], types) if work.outputs else "fp32"
     return default
 
 
 def estimate(
     model: onnx.ModelProto,
     target: TargetSpec,
-    precision: str = "fp32",
+    precision: str = "native",
     layer_precisions: dict[str, str] | None = None,
 ) -> Estimate:
     """Predict latency, memory, size, energy and price of a static-shape model on `target`."""
@@ -119,14 +122,14 @@ def estimate(
     total_ops = total_bytes = dynamic_op_pj = 0.0
     last_read: dict[str, int] = {}
     for index, kernel in enumerate(kernels):
-        kernel_precision = _precision_for(kernel.anchor, precision, layer_precisions)
+        kernel_precision = _precision_for(kernel.anchor, precision, layer_precisions, types)
         produced = kernel.produced()
         members = {node.index for node in kernel.nodes}
         read_outside = set()
         compute_s = 0.0
         ops = 0.0
         for node in kernel.nodes:
-            node_precision = _precision_for(node, kernel_precision, layer_precisions)
+            node_precision = _precision_for(node, kernel_precision, layer_precisions, types)
             rate = peak(node_precision) * 1e9 * target.efficiency[node.op_class if node.op_class != "view" else "other"]
             compute_s += node.ops / rate if rate > 0 else 0.0
             ops += node.ops
@@ -176,7 +179,7 @@ def estimate(
     weight_precision: dict[str, str] = {}
     for work in works:
         for name in work.weights:
-            weight_precision.setdefault(name, _precision_for(work, precision, layer_precisions))
+            weight_precision.setdefault(name, _precision_for(work, precision, layer_precisions, types))
     weights_bytes = sum(tensor_bytes(name, types, p) for name, p in weight_precision.items())
 
     buffers = _buffers(model, kernels, kernel_index_of, last_read, alias, graph_outputs, types, precision)

@@ -160,7 +160,7 @@ def model_work(model: onnx.ModelProto) -> tuple[list[NodeWork], dict]:
 
 
 def tensor_bytes(name: str, types: dict, precision: str) -> float:
-    """Bytes of a tensor at `precision` (non-float tensors keep their own element size)."""
+    """Bytes of a tensor at `precision` (non-float tensors, and every tensor under "native", keep their own size)."""
     entry = types.get(name)
     if entry is None:
         return 0.0
@@ -168,6 +168,19 @@ def tensor_bytes(name: str, types: dict, precision: str) -> float:
     if elements is None:
         return 0.0
     dtype = ir.tensor_dtype(entry[0]) if entry[0] else None
-    if dtype is not None and dtype.kind != "f":
+    if dtype is not None and (dtype.kind != "f" or precision == "native"):
         return float(elements * dtype.itemsize)
-    return float(elements * BYTES_PER_ELEMENT[precision])
+    return float(elements * BYTES_PER_ELEMENT.get(precision, 4))
+
+
+def native_precision(name: str, types: dict) -> str:
+    """The precision a tensor's dtype implies: fp16 for half floats, int8 for 8-bit ints, else fp32."""
+    entry = types.get(name)
+    dtype = ir.tensor_dtype(entry[0]) if entry and entry[0] else None
+    if dtype is None:
+        return "fp32"
+    if dtype.itemsize == 2 and dtype.kind == "f" or dtype.name == "bfloat16":
+        return "fp16"
+    if dtype.itemsize == 1 and dtype.kind in "iu":
+        return "int8"
+    return "fp32"

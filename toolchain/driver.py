@@ -276,7 +276,9 @@ def _compile_into(request: CompileRequest, target, backend, passes, staging: Pat
         )
 
     with timer.measure("estimate"):
-        estimate = _estimate_or_note(optimized, target, request.precision, ctx)
+        # Compilation keeps the model's own dtypes (precision conversion is a later pass), so the
+        # estimate does too.
+        estimate = _estimate_or_note(optimized, target, "native", ctx)
 
     # The reference runs first: inputs it cannot run on are reported before a long compile.
     with timer.measure("reference"), capture_native_output() as reference_log:

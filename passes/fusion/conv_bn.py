@@ -56,6 +56,8 @@ def why_not_fold(conv, bn, graph) -> str | None:
     channels = weight.shape[0]
     if any(p.size != channels for p in params):
         return "BatchNormalization parameters do not match the Conv's output channels"
+    if np.any(params[3].astype(np.float64) + float(bn.attrs.get("epsilon", 1e-5)) <= 0):
+        return "BatchNormalization variance + epsilon is not positive (the layer computes NaN/Inf)"
     return None
 
 

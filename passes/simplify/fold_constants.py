@@ -10,7 +10,8 @@ All foldable nodes of one round are evaluated together by onnxruntime (graph opt
 so the reference runtime computes exactly the ONNX semantics), their outputs that are still read
 become initializers, and the nodes are removed. Shapes are then inferred again and the next round
 runs, until nothing is left to fold. Results larger than `max-size-mb` are not materialized
-(folding a small Expand into a huge constant would bloat the model). Quantize/Dequantize nodes
+when they are also larger than their inputs (folding a small Expand into a huge constant would
+bloat the model; transposing a large weight does not). Quantize/Dequantize nodes
 are never folded, so quantized weights stay quantized. Nodes that produce graph outputs are kept
 so graph outputs are always computed by a node.
 """
@@ -122,7 +123,10 @@ class FoldConstants(Pass):
 
         # Oversized results stay computed at run time: keep their producers (and so their inputs).
         for index, node in zip(evaluated_indices, evaluated):
-            if any(values[name].nbytes > limit_bytes for name in node.output if name in values):
+            made_from = sum(np.asarray(values[name]).nbytes if name in values else (_nbytes(name, types) or 0)
+                            for name in node.input if name)
+            if any(values[name].nbytes > limit_bytes and values[name].nbytes > made_from
+                   for name in node.output if name in values):
                 foldable.discard(index)
         kept_nodes = [node for index, node in enumerate(graph.node) if index not in foldable]
         if len(kept_nodes) == len(graph.node):
@@ -164,14 +168,25 @@ def _static_shape_value(node: onnx.NodeProto, types: dict) -> np.ndarray | None:
     return np.array(shape[start:end], dtype=np.int64)
 
 
+def _nbytes(name: str, types: dict) -> int | None:
+    entry = types.get(name)
+    shape = ir.static_shape(entry[1]) if entry else None
+    if shape is None or not entry[0]:
+        return None
+    return int(np.prod(shape, dtype=np.int64)) * ir.tensor_dtype(entry[0]).itemsize
+
+
 def _too_large(node: onnx.NodeProto, types: dict, limit_bytes: float) -> bool:
+    """Folding would materialize a constant over the cap that is larger than what it is made from.
+
+    Transposing or casting a large weight does not grow the model and is folded whatever its size;
+    expanding a small tensor into a large one is not.
+    """
+    inputs = sum(_nbytes(name, types) or 0 for name in node.input if name)
     for name in node.output:
-        entry = types.get(name)
-        shape = ir.static_shape(entry[1]) if entry else None
-        if shape is not None and entry[0]:
-            size = int(np.prod(shape, dtype=np.int64)) * ir.tensor_dtype(entry[0]).itemsize
-            if size > limit_bytes:
-                return True
+        size = _nbytes(name, types)
+        if size is not None and size > limit_bytes and size > inputs:
+            return True
     return False
 
 

@@ -169,3 +169,16 @@ def test_estimate_cli_and_compile_report(run_mcc, tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["estimate"]["target"] == "host" and report["estimate"]["latency_ms"] > 0
     assert compiled.returncode == 0
+
+
+def test_native_precision_follows_the_model_dtypes():
+    model = conv_relu_model()
+    for tensor in model.graph.initializer:
+        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), tensor.name))
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    native = estimate(model, synthetic_target())
+    as_fp32 = estimate(model, synthetic_target(), precision="fp32")
+    assert native.kernels[0].precision == "fp16"
+    assert native.kernels[0].bytes == as_fp32.kernels[0].bytes / 2
+    assert native.weights_mb == pytest.approx(as_fp32.weights_mb / 2)

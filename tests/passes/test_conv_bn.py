@@ -103,3 +103,11 @@ def test_fp16_weights_fold_in_fp16():
     assert op_types(result.model) == ["Conv"]
     assert all(t.data_type == TensorProto.FLOAT16 for t in result.model.graph.initializer)
     assert_same_function(model, result.model, atol=2e-2, rtol=2e-2)
+
+
+def test_must_not_fire_when_variance_is_negative():
+    model = conv_bn_model()
+    for tensor in model.graph.initializer:
+        if tensor.name == "var":
+            tensor.CopyFrom(numpy_helper.from_array(-np.ones(6, np.float32), "var"))
+    assert not run_pass(FuseConvBatchNorm(), model).modified

@@ -210,3 +210,17 @@ def test_non_finite_option_is_rejected():
 
     with pytest.raises(UsageError, match="expects float"):
         parse_pipeline("fold-constants{max-size-mb=nan}")
+
+
+def test_large_weight_transpose_folds_despite_the_cap():
+    """Transposing a 2 MB weight does not grow the model: the cap is for results larger than their inputs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.arange(512 * 1024, dtype=np.float32).reshape(512, 1024) / 1e5, "w")
+    nodes = [helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]), helper.make_node("MatMul", ["x", "wt"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1024])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 512])], initializer=[weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    result = run_pass(FoldConstants(max_size_mb=1.0), model)
+    assert op_types(result.model) == ["MatMul"]
+    assert_same_function(model, result.model, atol=1e-3)

@@ -53,7 +53,8 @@ def print_estimate(estimate, spec, top: int) -> None:
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--target", "-t", "targets", multiple=True, default=("host",), show_default=True,
               help="Target name or .toml file (repeatable).")
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "int8"]))
+@click.option("--precision", default="native", show_default=True, type=click.Choice(["native", "fp32", "fp16", "int8"]),
+              help="What-if precision for every layer (native: the dtypes the model has).")
 @input_shape_option
 @click.option("--passes", default=None, help="Pipeline to run before estimating [default: the default pipeline].")
 @click.option("--top", default=5, show_default=True, type=click.IntRange(1, 50), help="Hotspots to list.")

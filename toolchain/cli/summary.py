@@ -32,6 +32,12 @@ def print_compile_summary(report: dict, model_path) -> None:
         f"  time       total {timings['total']:.2f} s (passes {timings.get('passes', 0):.2f}, "
         f"compile {timings.get('compile', 0):.2f}, validate {timings.get('validate', 0):.2f})"
     )
+    estimate = report.get("estimate")
+    if estimate:
+        click.echo(
+            f"  estimate   {estimate['latency_ms']:.3f} ms, peak memory {estimate['peak_memory_mb']:.2f} MB, "
+            f"energy {estimate['energy_mj']:.3f} mJ on {estimate['target']} (cost model; {estimate['verdict']})"
+        )
     verdict = "PASSED" if validation["passed"] else "FAILED"
     click.echo(f"  validation {verdict} vs onnxruntime ({validation['inputs']} inputs)")
     for output in validation["outputs"]:
