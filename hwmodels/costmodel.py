@@ -6,8 +6,8 @@ For a kernel k running at precision p on target T:
     memory_s(k)  = bytes(k) / (dram_bandwidth_gb_s * 1e9 * bandwidth_efficiency)
     time_s(k)    = max(compute_s, memory_s) + kernel_us * 1e-6         (bound: the larger term)
 
-bytes(k) counts what crosses the kernel boundary: activations read from outside the kernel,
-weights, and outputs read outside it (a fused elementwise op after a conv does not round-trip
+bytes(k) counts what crosses the kernel boundary: activations and weights read from outside the
+kernel (Gather/Slice only the slice they return), and outputs read outside it or returned (a fused elementwise op after a conv does not round-trip
 memory). Latency is the sum over kernels (batch 1, one kernel at a time, as the Relax VM runs).
 
     energy_j = ops * pj_per_op[p] * 1e-12 + bytes * dram_pj_per_byte * 1e-12 + idle_w * latency_s
@@ -28,7 +28,7 @@ import onnx
 from mcc.hwmodels import TargetSpec
 from mcc.hwmodels.kernels import form_kernels, resolve_alias
 from mcc.hwmodels.memory import Buffer, plan_arena
-from mcc.hwmodels.workload import model_work, native_precision, tensor_bytes
+from mcc.hwmodels.workload import SLICING_OPS, model_work, native_precision, tensor_bytes
 from mcc.toolchain import ir
 
 
@@ -111,6 +111,7 @@ def estimate(
         if work.op_class != "view":
             for name in work.inputs:
                 readers.setdefault(alias.get(name, name), set()).add(work.index)
+    output_sources = {alias.get(name, name) for name in graph_outputs}  # outputs reached through views too
     kernel_index_of: dict[str, int] = {}
     for index, kernel in enumerate(kernels):
         for name in kernel.produced():
@@ -125,7 +126,7 @@ def estimate(
         kernel_precision = _precision_for(kernel.anchor, precision, layer_precisions, types)
         produced = kernel.produced()
         members = {node.index for node in kernel.nodes}
-        read_outside = set()
+        reads: dict[str, float] = {}  # tensor read from outside the kernel -> bytes read
         compute_s = 0.0
         ops = 0.0
         for node in kernel.nodes:
@@ -134,20 +135,23 @@ def estimate(
             compute_s += node.ops / rate if rate > 0 else 0.0
             ops += node.ops
             dynamic_op_pj += node.ops * target.pj_per_op.get(node_precision, target.pj_per_op["fp32"])
-            for name in node.inputs:
+            for position, name in enumerate(node.input_names):
                 source = alias.get(name, name)
-                if source not in produced:
-                    read_outside.add(source)
+                if source in produced:
+                    continue
+                if name in node.inputs:
                     last_read[source] = index
-        moved = sum(tensor_bytes(name, types, kernel_precision) for name in read_outside)
-        moved += sum(
-            tensor_bytes(name, types, kernel_precision) for node in kernel.nodes for name in node.weights
-        )
+                size = tensor_bytes(source, types, kernel_precision)
+                if position == 0 and node.op_type in SLICING_OPS and node.outputs:
+                    # Gather/Slice read only what they return, not the whole table
+                    size = min(size, tensor_bytes(node.outputs[0], types, kernel_precision))
+                reads[source] = max(reads.get(source, 0.0), size)
+        moved = sum(reads.values())
         moved += sum(
             tensor_bytes(name, types, kernel_precision)
             for node in kernel.nodes
             for name in node.outputs
-            if readers.get(name, set()) - members or name in graph_outputs
+            if readers.get(name, set()) - members or name in output_sources
         )
         memory_s = moved / bandwidth_b_s if bandwidth_b_s > 0 else 0.0
         time_s = max(compute_s, memory_s) + overhead_s
@@ -209,10 +213,10 @@ def estimate(
 def _buffers(model, kernels, kernel_index_of, last_read, alias, graph_outputs, types, precision) -> list[Buffer]:
     end = len(kernels)
     buffers = []
-    for value in ir.graph_inputs(model):
-        buffers.append(Buffer(value.name, tensor_bytes(value.name, types, precision), 0,
-                              last_read.get(value.name, 0)))
     outputs_sources = {alias.get(name, name) for name in graph_outputs}
+    for value in ir.graph_inputs(model):
+        last = end if value.name in outputs_sources else last_read.get(value.name, 0)
+        buffers.append(Buffer(value.name, tensor_bytes(value.name, types, precision), 0, last))
     for name, index in kernel_index_of.items():
         last = end if name in outputs_sources else last_read.get(name)
         if last is None:

@@ -2,9 +2,10 @@
 
 TVM (Relax `FuseOps`) fuses by op pattern: an "out-elementwise-fusable" anchor (conv, matmul)
 absorbs the elementwise/broadcast ops that follow it; elementwise chains fuse with each other; a
-pool or reduction absorbs following elementwise ops too. A node joins its producer's kernel when
-it is elementwise, its first activation input comes from that kernel, and that tensor has no
-other reader (fusing a tensor that is also read elsewhere would force it to memory anyway).
+pool or reduction absorbs following elementwise ops too. A node joins the kernel just formed when it
+is elementwise, its first activation input comes from that kernel, and every reader of that tensor
+is elementwise (all of them can stay in the kernel; a non-fusable reader would force the tensor to
+memory anyway).
 Views (Reshape & co.) are free and join no kernel: TVM lowers them to no kernel.
 Data movement (Transpose, Concat, Pad, ...) and "other" ops are kernels of their own.
 """
@@ -42,36 +43,42 @@ class Kernel:
 
 
 def form_kernels(works: list[NodeWork], graph_outputs: set[str]) -> list[Kernel]:
-    readers: dict[str, int] = {}
+    """Kernels in execution order (the nodes' topological order)."""
+    readers: dict[str, set[int]] = {}  # tensor -> indices of the (distinct) nodes that read it
+    by_index = {work.index: work for work in works}
     for work in works:
         for name in work.inputs:
-            readers[name] = readers.get(name, 0) + 1
+            readers.setdefault(name, set()).add(work.index)
     kernel_of: dict[str, Kernel] = {}  # tensor -> the kernel that produces it
     alias = resolve_alias(works)
     kernels: list[Kernel] = []
     for work in works:
         if work.op_class == "view":
             continue
-        producer_kernel = None
-        if work.op_class == "elementwise" and work.inputs:
-            first = work.inputs[0]
-            source = alias.get(first, first)
-            candidate = kernel_of.get(source)
-            if (
-                candidate is not None
-                and candidate.op_class in FUSABLE_ANCHORS
-                and readers.get(first, 0) == 1
-                and first not in graph_outputs
-                and source == first
-            ):
-                producer_kernel = candidate
-        if producer_kernel is None:
-            producer_kernel = Kernel()
-            kernels.append(producer_kernel)
-        producer_kernel.nodes.append(work)
+        target = kernels[-1] if kernels and _joins(work, kernels[-1], kernel_of, alias, readers, by_index,
+                                                    graph_outputs) else None
+        if target is None:
+            target = Kernel()
+            kernels.append(target)
+        target.nodes.append(work)
         for name in work.outputs:
-            kernel_of[name] = producer_kernel
+            kernel_of[name] = target
     return kernels
+
+
+def _joins(work, current: Kernel, kernel_of, alias, readers, by_index, graph_outputs) -> bool:
+    """Whether an elementwise node fuses into the kernel just formed.
+
+    Only the latest kernel can absorb it (so every other input it reads is already computed), its
+    first input must be produced there (not through a view), and every reader of that tensor must be
+    elementwise too, so all of them can stay in the kernel (SiLU's conv -> Sigmoid -> Mul diamond).
+    """
+    if work.op_class != "elementwise" or not work.inputs or current.op_class not in FUSABLE_ANCHORS:
+        return False
+    first = work.inputs[0]
+    if alias.get(first, first) != first or kernel_of.get(first) is not current or first in graph_outputs:
+        return False
+    return all(by_index[index].op_class == "elementwise" for index in readers.get(first, ()))
 
 
 def resolve_alias(works: list[NodeWork]) -> dict[str, str]:

@@ -55,6 +55,7 @@ file and the field.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -93,6 +94,8 @@ FIELDS: dict[str, dict[str, tuple[Any, bool]]] = {
 }
 TABLES_REQUIRED = ("tvm", "compute", "memory", "power", "overhead", "efficiency", "energy", "support")
 #: figures that need no source: identifiers and switches rather than measured facts
+#: figures that must be strictly positive (a zero peak or bandwidth would make time vanish)
+POSITIVE = {"compute.cores", "compute.clock_ghz", "memory.dram_bandwidth_gb_s"}
 UNSOURCED = {"schema_version", "name", "description", "device_class", "backend", "detect_host",
              "tvm.target", "support.excluded_ops"}
 
@@ -116,19 +119,27 @@ def _check_value(path: str, value: Any, kind) -> None:
         for precision, number in value.items():
             if precision not in PRECISIONS:
                 raise TargetSchemaError(f"field '{path}.{precision}': unknown precision (use {', '.join(PRECISIONS)})")
-            if isinstance(number, bool) or not isinstance(number, NUMBER) or number < 0:
-                raise TargetSchemaError(f"field '{path}.{precision}' must be a non-negative number")
+            if isinstance(number, bool) or not isinstance(number, NUMBER) or not math.isfinite(number) or number <= 0:
+                raise TargetSchemaError(f"field '{path}.{precision}' must be a finite, positive number, got {number!r}")
         if "fp32" not in value:
             raise TargetSchemaError(f"field '{path}' needs at least an fp32 entry")
         return
     if kind is NUMBER:
         if isinstance(value, bool) or not isinstance(value, NUMBER):
             raise TargetSchemaError(f"field '{path}' must be a number, got {type(value).__name__} {value!r}")
-        if value < 0:
-            raise TargetSchemaError(f"field '{path}' must not be negative")
+        if not math.isfinite(value) or value < 0:
+            raise TargetSchemaError(f"field '{path}' must be a finite, non-negative number, got {value!r}")
+        if path in POSITIVE and value <= 0:
+            raise TargetSchemaError(f"field '{path}' must be positive, got {value!r}")
         return
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
         raise TargetSchemaError(f"field '{path}' must be a {_type_name(kind)}, got {type(value).__name__} {value!r}")
+    if kind is int and path in POSITIVE and value <= 0:
+        raise TargetSchemaError(f"field '{path}' must be positive, got {value!r}")
+    if kind is str and not value.strip():
+        raise TargetSchemaError(f"field '{path}' must not be empty")
+    if kind is dict and not value:
+        raise TargetSchemaError(f"field '{path}' must not be empty")
 
 
 def _leaf_paths(data: dict) -> list[str]:
@@ -187,9 +198,20 @@ def validate_target_data(data: dict) -> None:
         if not 0 < value <= 1:
             raise TargetSchemaError(f"field 'efficiency.{name}' must be in (0, 1], got {value}")
     sources = data.get("sources", {})
+    known_paths = {f"{table}.{name}" if table else name for table, fields in FIELDS.items() for name in fields}
+    known_paths |= {table for table in FIELDS if table}
+    known_paths |= {f"{path}.{precision}" for path in ("compute.peak_gops", "energy.pj_per_op") for precision in PRECISIONS}
     for key, text in sources.items():
         if not isinstance(text, str) or not text.strip():
             raise TargetSchemaError(f"source '{key}' must be a non-empty string")
+        if key not in known_paths:
+            raise TargetSchemaError(f"source '{key}' names no field (misspelled?)")
+    if not data["support"]["precisions"]:
+        raise TargetSchemaError("field 'support.precisions' must list at least one precision")
+    if not all(isinstance(op, str) for op in data["support"].get("excluded_ops", [])):
+        raise TargetSchemaError("field 'support.excluded_ops' must list op names (strings)")
+    if data["power"]["idle_w"] > data["power"]["active_w"]:
+        raise TargetSchemaError("field 'power.idle_w' is larger than 'power.active_w'")
     for path in _leaf_paths(data):
         if path in UNSOURCED:
             continue

@@ -29,7 +29,9 @@ from mcc.toolchain.stats import node_macs
 BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
 
 CONV_OPS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "DeformConv"}
-MATMUL_OPS = {"MatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "Einsum"}
+MATMUL_OPS = {"MatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "Einsum", "LSTM", "GRU", "RNN"}
+#: ops that read only output-sized slices of their data input (input 0)
+SLICING_OPS = {"Gather", "GatherElements", "GatherND", "Slice"}
 POOL_OPS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool", "MaxRoiPool"}
 REDUCTION_OPS = {
     "ReduceMax", "ReduceMin", "ReduceSum", "ReduceMean", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
@@ -71,6 +73,7 @@ class NodeWork:
     ops: float
     inputs: tuple[str, ...]  # activation tensors read (not initializers)
     weights: tuple[str, ...]  # initializers read
+    input_names: tuple[str, ...]  # every non-empty input, in order (activations and weights)
     outputs: tuple[str, ...]
     output_shape: tuple[int, ...] | None
 
@@ -81,7 +84,8 @@ def classify(node: onnx.NodeProto, types: dict) -> str:
         return "view"
     if op in CONV_OPS:
         group = next((attr.i for attr in node.attribute if attr.name == "group"), 1)
-        entry = types.get(node.input[1]) if len(node.input) > 1 else None
+        weight_index = 3 if op == "QLinearConv" else 1
+        entry = types.get(node.input[weight_index]) if len(node.input) > weight_index else None
         weight = ir.static_shape(entry[1]) if entry else None
         if group > 1 and weight is not None and len(weight) > 1 and weight[1] == 1:
             return "depthwise_conv"
@@ -152,6 +156,7 @@ def model_work(model: onnx.ModelProto) -> tuple[list[NodeWork], dict]:
                 ops=node_ops(node, op_class, int(macs), types),
                 inputs=tuple(name for name in node.input if name and name not in constants),
                 weights=tuple(name for name in node.input if name in constants),
+                input_names=tuple(name for name in node.input if name),
                 outputs=tuple(name for name in node.output if name),
                 output_shape=ir.static_shape(entry[1]) if entry else None,
             )

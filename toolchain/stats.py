@@ -43,19 +43,21 @@ def node_macs(node: onnx.NodeProto, types: dict) -> int | None:
         entry = types.get(name)
         return ir.static_shape(entry[1]) if entry else None
 
-    if node.op_type in ("Conv", "ConvTranspose"):
-        weight = shape(node.input[1]) if len(node.input) > 1 else None
+    if node.op_type in ("Conv", "ConvTranspose", "ConvInteger", "QLinearConv"):
+        weight_index = 3 if node.op_type == "QLinearConv" else 1
+        weight = shape(node.input[weight_index]) if len(node.input) > weight_index else None
         if weight is None:
             return None
-        if node.op_type == "Conv":
+        if node.op_type != "ConvTranspose":
             out = shape(node.output[0])
             # weight: [M, C/group, k...]; each output element needs C/group * prod(k) MACs
             return None if out is None else prod(out) * prod(weight[1:])
         data = shape(node.input[0])
         # weight: [C, M/group, k...]; each input element scatters into M/group * prod(k) outputs
         return None if data is None else prod(data) * prod(weight[1:])
-    if node.op_type in ("Gemm", "MatMul"):
-        a, b, out = shape(node.input[0]), shape(node.input[1]), shape(node.output[0])
+    if node.op_type in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul"):
+        b_index = 3 if node.op_type == "QLinearMatMul" else 1
+        a, b, out = shape(node.input[0]), shape(node.input[b_index]), shape(node.output[0])
         if a is None or b is None or out is None or not a:
             return None
         if node.op_type == "Gemm":
@@ -64,7 +66,23 @@ def node_macs(node: onnx.NodeProto, types: dict) -> int | None:
         else:
             k = a[-1]
         return prod(out) * k
+    if node.op_type in RECURRENT_GATES:
+        # X: [seq, batch, input]; W: [directions, gates*hidden, input]; R: [directions, gates*hidden, hidden].
+        # Per step and direction: gates*hidden x (input + hidden) MACs for every batch row.
+        data, weight, recurrence = shape(node.input[0]), shape(node.input[1]), shape(node.input[2])
+        if data is None or weight is None or recurrence is None:
+            return None
+        layout = next((attr.i for attr in node.attribute if attr.name == "layout"), 0)
+        seq, batch = (data[0], data[1]) if layout == 0 else (data[1], data[0])
+        directions, gates_hidden, inputs = weight
+        return seq * batch * directions * gates_hidden * (inputs + recurrence[2])
+    if node.op_type in ("Einsum", "Attention", "MultiHeadAttention"):
+        return None  # not modelled yet: counted as unknown rather than free
     return 0
+
+
+#: recurrent ops and their gate counts (the MAC formula reads the gate count from W's shape)
+RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
 def model_stats(model: onnx.ModelProto) -> ModelStats:

@@ -182,3 +182,109 @@ def test_native_precision_follows_the_model_dtypes():
     assert native.kernels[0].precision == "fp16"
     assert native.kernels[0].bytes == as_fp32.kernels[0].bytes / 2
     assert native.weights_mb == pytest.approx(as_fp32.weights_mb / 2)
+
+
+def test_quantized_and_recurrent_ops_are_counted():
+    from mcc.toolchain import ir
+    from mcc.toolchain.stats import node_macs
+
+    model = parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (uint8[64, 128] a, int8[128, 256] b, float[5, 2, 3] x, float[1, 16, 3] w, float[1, 16, 4] r)
+      => (int32[64, 256] y, float[5, 1, 2, 4] h) {
+        y = MatMulInteger(a, b)
+        h = LSTM<hidden_size = 4>(x, w, r)
+    }
+    """)
+    types = ir.tensor_types(ir.infer_shapes(model))
+    matmul, lstm = model.graph.node
+    assert node_macs(matmul, types) == 64 * 128 * 256
+    assert node_macs(lstm, types) == 5 * 2 * 1 * 16 * (3 + 4)  # seq x batch x dirs x 4*hidden x (input+hidden)
+    kernels = estimate(model, synthetic_target()).kernels
+    assert all(k.arithmetic_ops > 0 for k in kernels)
+
+
+def test_elementwise_never_joins_a_kernel_before_one_of_its_inputs():
+    model = parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 1024] x, float[1, 1024] z) => (float[1, 1024] y) {
+        a = Relu(x)
+        t = Transpose<perm = [1, 0]>(z)
+        u = Transpose<perm = [1, 0]>(t)
+        y = Add(a, u)
+    }
+    """)
+    kernels = estimate(model, synthetic_target()).kernels
+    assert [k.ops for k in kernels] == [["Relu"], ["Transpose"], ["Transpose"], ["Add"]]
+
+
+def test_silu_diamond_and_square_fuse_into_the_conv():
+    model = parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 4, 8, 8] x) => (float[1, 4, 8, 8] y) <float[4, 4, 1, 1] w = {
+        1,0,0,0, 0,1,0,0, 0,0,1,0, 0,0,0,1}> {
+        c = Conv(x, w)
+        s = Sigmoid(c)
+        m = Mul(c, s)
+        y = Mul(m, m)
+    }
+    """)
+    (kernel,) = estimate(model, synthetic_target()).kernels
+    assert kernel.ops == ["Conv", "Sigmoid", "Mul", "Mul"]
+    assert kernel.bytes == 4 * 64 * 4 + 16 * 4 + 4 * 64 * 4  # input + weight + output only
+
+
+def test_outputs_through_views_are_written_and_pass_through_inputs_stay_alive():
+    viewed = parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1000] x) => (float[10, 100] y) <int64[2] shape = {10, 100}> {
+        r = Exp(x)
+        y = Reshape(r, shape)
+    }
+    """)
+    (kernel,) = estimate(viewed, synthetic_target()).kernels
+    assert kernel.bytes == 4000 + 4000
+    passthrough = parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1000] x) => (float[1000] x_out, float[1000] y) {
+        x_out = Identity(x)
+        a = Transpose(x)
+        y = Exp(a)
+    }
+    """)
+    result = estimate(passthrough, synthetic_target())
+    assert result.arena_mb * 2**20 >= 3 * 4000  # x lives to the end, beside a and y
+
+
+def test_gather_reads_only_the_rows_it_returns():
+    model = parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (int64[16] ids, float[30000, 256] table) => (float[16, 256] y) {
+        y = Gather<axis = 0>(table, ids)
+    }
+    """)
+    (kernel,) = estimate(model, synthetic_target()).kernels
+    assert kernel.bytes == 16 * 256 * 4 + 16 * 8 + 16 * 256 * 4
+
+
+def test_random_arena_plans_never_overlap_live_buffers():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        buffers = []
+        for i in range(int(rng.integers(1, 12))):
+            first = int(rng.integers(0, 10))
+            buffers.append(Buffer(f"b{i}", float(rng.integers(1, 100)), first, first + int(rng.integers(0, 5))))
+        plan = plan_arena(buffers)
+        assert plan.arena_bytes >= plan.peak_live_bytes
+        assert plan.arena_bytes <= sum(b.size_bytes for b in buffers)
+
+
+def test_estimate_cli_bad_inputs(run_mcc, tmp_path):
+    from tests.conftest import EXAMPLE
+
+    board = tmp_path / "board.toml"
+    board.write_text((TARGETS_DIR / "host.toml").read_text().replace("dram_bandwidth_gb_s = 20.0", "dram_bandwidth_gb_s = nan"))
+    result = run_mcc("estimate", EXAMPLE, "-t", board)
+    assert result.returncode == 2 and "finite" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    result = run_mcc("estimate", tmp_path / "missing.onnx")
+    assert result.returncode == 3 and len(result.stderr.strip().splitlines()) == 1
