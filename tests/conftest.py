@@ -31,6 +31,18 @@ def parse_model(text: str) -> onnx.ModelProto:
     return model
 
 
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same single-input, single-output float model with fp16 weights, input and output (in place)."""
+    from onnx import TensorProto, numpy_helper
+
+    for tensor in model.graph.initializer:
+        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), tensor.name))
+    model.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    onnx.checker.check_model(model)
+    return model
+
+
 def ort_run(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
     import onnxruntime as ort
 

@@ -172,11 +172,9 @@ def test_estimate_cli_and_compile_report(run_mcc, tmp_path):
 
 
 def test_native_precision_follows_the_model_dtypes():
-    model = conv_relu_model()
-    for tensor in model.graph.initializer:
-        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), tensor.name))
-    model.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT16
-    model.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT16
+    from tests.conftest import to_fp16
+
+    model = to_fp16(conv_relu_model())
     native = estimate(model, synthetic_target())
     as_fp32 = estimate(model, synthetic_target(), precision="fp32")
     assert native.kernels[0].precision == "fp16"

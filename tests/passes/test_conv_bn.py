@@ -93,12 +93,9 @@ def test_explicit_empty_bias_input_is_replaced_not_appended():
 
 
 def test_fp16_weights_fold_in_fp16():
-    model = conv_bn_model()
-    for tensor in model.graph.initializer:
-        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), tensor.name))
-    model.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT16
-    model.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT16
-    onnx.checker.check_model(model)
+    from tests.conftest import to_fp16
+
+    model = to_fp16(conv_bn_model())
     result = run_pass(FuseConvBatchNorm(), model)
     assert op_types(result.model) == ["Conv"]
     assert all(t.data_type == TensorProto.FLOAT16 for t in result.model.graph.initializer)
