@@ -13,10 +13,11 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mcc.hwmodels.schema import OP_CLASSES, PRECISIONS, TargetSchemaError, validate_target_data
+from mcc.hwmodels.schema import OP_CLASSES, OPTIONAL_CLASSES, PRECISIONS, TargetSchemaError, validate_target_data
 from mcc.toolchain.errors import UsageError
 
 TARGETS_DIR = Path(__file__).parent / "targets"
+CONV_CLASSES = ("conv", "pointwise_conv", "depthwise_conv")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,9 @@ class TargetSpec:
     excluded_ops: tuple[str, ...] = ()
     usd_per_hour: float | None = None
     detect_host: bool = False
+    #: calibrated only: (largest reduction length, efficiency) buckets for convolutions, which
+    #: replace the per-class conv efficiencies when present (see hwmodels/calibrate.py)
+    conv_reduction_buckets: tuple[tuple[float, float], ...] = ()
     sources: dict[str, str] = field(default_factory=dict)
     path: str = ""
 
@@ -62,6 +66,15 @@ class TargetSpec:
                 config.setdefault("mcpu", str(mcpu))
             config.setdefault("num-cores", self.cores)
         return tvm.target.Target(config)
+
+    def node_efficiency(self, op_class: str, reduction_length: float) -> float:
+        """Fraction of peak a node of `op_class` reaches; convolutions by reduction length when calibrated."""
+        if self.conv_reduction_buckets and op_class in CONV_CLASSES:
+            for limit, efficiency in self.conv_reduction_buckets:
+                if reduction_length <= limit:
+                    return efficiency
+            return self.conv_reduction_buckets[-1][1]
+        return self.efficiency[op_class if op_class in self.efficiency else "other"]
 
     def as_dict(self) -> dict:
         from dataclasses import asdict
@@ -88,7 +101,8 @@ def _resolve(name_or_path: str) -> Path:
 def target_from_data(data: dict, path: str = "") -> TargetSpec:
     """Build a TargetSpec from already-validated TOML data."""
     memory, compute, power = data["memory"], data["compute"], data["power"]
-    efficiency = {name: float(data["efficiency"][name]) for name in OP_CLASSES}
+    given = data["efficiency"]
+    efficiency = {name: float(given.get(name, given.get(OPTIONAL_CLASSES.get(name, name), 0.0))) for name in OP_CLASSES}
     spec = TargetSpec(
         name=data["name"],
         description=data["description"],

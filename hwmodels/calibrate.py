@@ -10,6 +10,8 @@ backend, same target) and timed from the exported library with TVM's time_evalua
 3. per op class: for each benchmark, the efficiency that makes the roofline prediction equal the
    measurement, eff = compute_s(eff = 1) / (time - overhead), when the kernel is compute-bound at
    that efficiency; the class's efficiency is the geometric mean over its shapes.
+4. convolutions (all three conv classes) also by reduction length, in buckets
+   (`fit_reduction_buckets`), which the cost model prefers when a profile has them.
 
 The profile is written to the user cache (`hwmodels.host.calibration_path()`), keyed by the CPU,
 and `load_target("host")` applies it from then on.
@@ -32,7 +34,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from mcc.hwmodels import TargetSpec
+from mcc.hwmodels import CONV_CLASSES, TargetSpec
 from mcc.hwmodels.costmodel import estimate
 from mcc.hwmodels.host import calibration_path, cpu_fingerprint
 
@@ -128,9 +130,13 @@ BENCHMARKS: tuple[MicroBenchmark, ...] = (
     MicroBenchmark("conv3x3-32x28", "conv", _conv(32, 32, 28, 3)),
     MicroBenchmark("conv3x3-64x56", "conv", _conv(64, 64, 56, 3)),
     MicroBenchmark("conv3x3-128x14", "conv", _conv(128, 128, 14, 3)),
-    MicroBenchmark("conv1x1-64x14", "conv", _conv(64, 64, 14, 1)),
-    MicroBenchmark("conv1x1-256x28", "conv", _conv(256, 64, 28, 1)),
+    MicroBenchmark("conv1x1-64x14", "pointwise_conv", _conv(64, 64, 14, 1)),
+    MicroBenchmark("conv1x1-256x28", "pointwise_conv", _conv(256, 64, 28, 1)),
+    MicroBenchmark("conv1x1-32x56", "pointwise_conv", _conv(32, 128, 56, 1)),
     MicroBenchmark("conv3x3s2-16x56", "conv", _conv(16, 32, 56, 3, stride=2)),
+    MicroBenchmark("conv3x3s2-rgb-112", "conv", _conv(3, 16, 112, 3, stride=2)),
+    MicroBenchmark("conv3x3-256x7", "conv", _conv(256, 256, 7, 3)),
+    MicroBenchmark("conv1x1-512x14", "pointwise_conv", _conv(512, 128, 14, 1)),
     MicroBenchmark("dwconv3x3-64x28", "depthwise_conv", _conv(64, 64, 28, 3, group=64)),
     MicroBenchmark("dwconv5x5-32x56", "depthwise_conv", _conv(32, 32, 56, 5, group=32)),
     MicroBenchmark("matmul-64x256x256", "matmul", _matmul(64, 256, 256)),
@@ -168,8 +174,9 @@ def fit_profile(spec: TargetSpec, measured: dict[str, float]) -> dict:
     peak_gb_s = max(spec.dram_bandwidth_gb_s, effective_gb_s)
     base = dataclasses.replace(spec, kernel_overhead_us=kernel_us, dram_bandwidth_gb_s=peak_gb_s,
                                bandwidth_efficiency=effective_gb_s / peak_gb_s,
-                               efficiency={name: 1.0 for name in spec.efficiency})
+                               efficiency={name: 1.0 for name in spec.efficiency}, conv_reduction_buckets=())
     per_class: dict[str, list[float]] = {}
+    conv_points: list[tuple[float, float]] = []  # (reduction length, efficiency) of every convolution
     for name, latency_ms in measured.items():
         benchmark = benchmarks[name]
         if benchmark.op_class in ("overhead", "bandwidth"):
@@ -183,7 +190,10 @@ def fit_profile(spec: TargetSpec, measured: dict[str, float]) -> dict:
         # Within 10 % of the memory time a kernel is memory-bound: compute_s / work_s is then only a
         # lower bound of the efficiency, used when a class has no compute-bound measurement.
         kind = "bound" if work_s > 1.1 * memory_s else "lower"
-        per_class.setdefault(benchmark.op_class, {"bound": [], "lower": []})[kind].append(min(compute_s / work_s, 1.0))
+        efficiency_point = min(compute_s / work_s, 1.0)
+        per_class.setdefault(benchmark.op_class, {"bound": [], "lower": []})[kind].append(efficiency_point)
+        if benchmark.op_class in CONV_CLASSES and kernel.output_shape:
+            conv_points.append((kernel.macs / math.prod(kernel.output_shape), efficiency_point))
     efficiency = dict(spec.efficiency)
     for op_class, values in per_class.items():
         if values["bound"]:
@@ -195,10 +205,39 @@ def fit_profile(spec: TargetSpec, measured: dict[str, float]) -> dict:
         efficiency["other"] = efficiency["conv"]
     return {
         "efficiency": {k: float(f"{v:.6g}") for k, v in efficiency.items()},
+        "conv_reduction_buckets": fit_reduction_buckets(conv_points),
         "bandwidth_efficiency": float(f"{effective_gb_s / peak_gb_s:.6g}"),
         "dram_bandwidth_gb_s": float(f"{peak_gb_s:.6g}"),
         "kernel_us": float(f"{kernel_us:.6g}"),
     }
+
+
+#: reduction-length buckets (MACs per output element) for convolution efficiency
+REDUCTION_LIMITS = (32.0, 256.0, 1024.0, math.inf)
+
+
+def fit_reduction_buckets(points: list[tuple[float, float]]) -> list[list[float]]:
+    """Geometric-mean efficiency per reduction-length bucket; an empty bucket takes its nearest neighbour's.
+
+    Untuned TVM convolutions are loop nests whose cost per MAC depends mostly on the length of the
+    reduction (input channels / groups x kernel window): measured here, ~0.1 ns per MAC up to a
+    reduction of ~32, ~1-1.5 ns beyond, so one efficiency per op class cannot fit 1x1, 3x3 and
+    depthwise convolutions at once.
+    """
+    values: list[float | None] = []
+    lower = 0.0
+    for limit in REDUCTION_LIMITS:
+        inside = [eff for length, eff in points if lower < length <= limit]
+        values.append(math.exp(statistics.fmean(math.log(v) for v in inside)) if inside else None)
+        lower = limit
+    known = [i for i, v in enumerate(values) if v is not None]
+    if not known:
+        return []
+    buckets = []
+    for i, limit in enumerate(REDUCTION_LIMITS):
+        value = values[i] if values[i] is not None else values[min(known, key=lambda k: abs(k - i))]
+        buckets.append([limit if math.isfinite(limit) else 1e18, float(f"{value:.6g}")])
+    return buckets
 
 
 def calibrate(spec: TargetSpec, repeat: int = 10, progress: Callable[[str], None] | None = None) -> tuple[dict, Path]:

@@ -3,6 +3,9 @@
 For a kernel k running at precision p on target T:
 
     compute_s(k) = sum over its nodes n of ops(n) / (peak_gops[p] * 1e9 * efficiency[class(n)])
+
+(a calibrated host refines the convolution efficiencies by reduction length, MACs per output
+element: see hwmodels/calibrate.py)
     memory_s(k)  = bytes(k) / (dram_bandwidth_gb_s * 1e9 * bandwidth_efficiency)
     time_s(k)    = max(compute_s, memory_s) + kernel_us * 1e-6         (bound: the larger term)
 
@@ -21,6 +24,7 @@ answers "what if" questions cheaply: nothing here compiles or runs the model.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import onnx
@@ -131,7 +135,9 @@ def estimate(
         ops = 0.0
         for node in kernel.nodes:
             node_precision = _precision_for(node, kernel_precision, layer_precisions, types)
-            rate = peak(node_precision) * 1e9 * target.efficiency[node.op_class if node.op_class != "view" else "other"]
+            outputs = math.prod(node.output_shape) if node.output_shape else 0
+            reduction = node.macs / outputs if outputs else 0.0  # MACs per output element
+            rate = peak(node_precision) * 1e9 * target.node_efficiency(node.op_class, reduction)
             compute_s += node.ops / rate if rate > 0 else 0.0
             ops += node.ops
             dynamic_op_pj += node.ops * target.pj_per_op.get(node_precision, target.pj_per_op["fp32"])

@@ -104,6 +104,9 @@ def apply_calibration(spec):
             bandwidth_efficiency=float(profile.get("bandwidth_efficiency", spec.bandwidth_efficiency)),
             dram_bandwidth_gb_s=float(profile.get("dram_bandwidth_gb_s", spec.dram_bandwidth_gb_s)),
             kernel_overhead_us=float(profile.get("kernel_us", spec.kernel_overhead_us)),
+            conv_reduction_buckets=tuple(
+                (float(limit), float(value)) for limit, value in profile.get("conv_reduction_buckets", [])
+            ),
             sources=sources,
         )
     except (OSError, ValueError, TypeError, AttributeError):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from mcc.hwmodels.workload import NodeWork
 
-FUSABLE_ANCHORS = {"conv", "depthwise_conv", "matmul", "pool", "reduction", "elementwise"}
+FUSABLE_ANCHORS = {"conv", "pointwise_conv", "depthwise_conv", "matmul", "pool", "reduction", "elementwise"}
 
 
 @dataclass

@@ -31,7 +31,8 @@ A target file looks like this (units live in the field names):
     kernel_us = 5.0             # fixed cost of launching one kernel
 
     [efficiency]                # fraction of peak reached, per op class
-    conv = 0.3  depthwise_conv = 0.1  matmul = 0.35  elementwise = 0.5  pool = 0.3
+    conv = 0.3  pointwise_conv = 0.35 (optional: 1x1 convs; defaults to conv)  depthwise_conv = 0.1
+    matmul = 0.35  elementwise = 0.5  pool = 0.3
     reduction = 0.3  data_movement = 0.5  other = 0.2  bandwidth = 0.6
 
     [energy]
@@ -62,7 +63,10 @@ SCHEMA_VERSION = 1
 PRECISIONS = ("fp32", "fp16", "int8")
 DEVICE_CLASSES = ("cpu", "gpu", "mcu")
 BACKENDS = ("tvm-llvm", "tvm-cuda", "tvm-c")
-OP_CLASSES = ("conv", "depthwise_conv", "matmul", "elementwise", "pool", "reduction", "data_movement", "other")
+OP_CLASSES = ("conv", "pointwise_conv", "depthwise_conv", "matmul", "elementwise", "pool", "reduction",
+              "data_movement", "other")
+#: op classes a target may leave out, and the class whose efficiency they then take
+OPTIONAL_CLASSES = {"pointwise_conv": "conv"}
 
 NUMBER = (int, float)
 
@@ -87,7 +91,8 @@ FIELDS: dict[str, dict[str, tuple[Any, bool]]] = {
     },
     "power": {"idle_w": (NUMBER, True), "active_w": (NUMBER, True)},
     "overhead": {"kernel_us": (NUMBER, True)},
-    "efficiency": {**{name: (NUMBER, True) for name in OP_CLASSES}, "bandwidth": (NUMBER, True)},
+    "efficiency": {**{name: (NUMBER, name not in OPTIONAL_CLASSES) for name in OP_CLASSES},
+                   "bandwidth": (NUMBER, True)},
     "energy": {"pj_per_op": ("per-precision", True), "dram_pj_per_byte": (NUMBER, True)},
     "support": {"precisions": (list, True), "excluded_ops": (list, False)},
     "price": {"usd_per_hour": (NUMBER, False)},

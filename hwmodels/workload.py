@@ -2,7 +2,7 @@
 
 Counting rules (one "op" = one arithmetic operation; a MAC is 2 ops):
 
-- conv / depthwise_conv / matmul: MACs from `toolchain.stats.node_macs`; ops = 2 x MACs.
+- conv / pointwise_conv (1x1) / depthwise_conv / matmul: MACs from `toolchain.stats.node_macs`; ops = 2 x MACs.
 - elementwise: one op per output element, times a weight for transcendental functions
   (exp, tanh, sigmoid, erf, log, pow, sqrt: 8 ops; the polynomial/LUT cost of libm-style code).
 - pool: one op per input element read by a window (output elements x window size; global pools
@@ -30,6 +30,7 @@ BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
 
 CONV_OPS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "DeformConv"}
 MATMUL_OPS = {"MatMul", "Gemm", "MatMulInteger", "QLinearMatMul", "Einsum", "LSTM", "GRU", "RNN"}
+MAC_CLASSES = ("conv", "pointwise_conv", "depthwise_conv", "matmul")
 #: ops that read only output-sized slices of their data input (input 0)
 SLICING_OPS = {"Gather", "GatherElements", "GatherND", "Slice"}
 POOL_OPS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool", "MaxRoiPool"}
@@ -89,6 +90,8 @@ def classify(node: onnx.NodeProto, types: dict) -> str:
         weight = ir.static_shape(entry[1]) if entry else None
         if group > 1 and weight is not None and len(weight) > 1 and weight[1] == 1:
             return "depthwise_conv"
+        if op != "ConvTranspose" and weight is not None and len(weight) > 2 and all(k == 1 for k in weight[2:]):
+            return "pointwise_conv"
         return "conv"
     if op in MATMUL_OPS:
         return "matmul"
@@ -119,7 +122,7 @@ def _attr_ints(node: onnx.NodeProto, name: str) -> list[int]:
 def node_ops(node: onnx.NodeProto, op_class: str, macs: int, types: dict) -> float:
     out = _elements(node.output[0], types) if node.output else None
     first_in = _elements(node.input[0], types) if node.input and node.input[0] else None
-    if op_class in ("conv", "depthwise_conv", "matmul"):
+    if op_class in MAC_CLASSES:
         return 2.0 * macs
     if op_class == "elementwise":
         weight = TRANSCENDENTAL_WEIGHT if node.op_type in TRANSCENDENTAL_OPS else 1.0
@@ -144,7 +147,7 @@ def model_work(model: onnx.ModelProto) -> tuple[list[NodeWork], dict]:
     works = []
     for index, node in enumerate(model.graph.node):
         op_class = classify(node, types)
-        macs = (node_macs(node, types) or 0) if op_class in ("conv", "depthwise_conv", "matmul") else 0
+        macs = (node_macs(node, types) or 0) if op_class in MAC_CLASSES else 0
         entry = types.get(node.output[0]) if node.output else None
         works.append(
             NodeWork(

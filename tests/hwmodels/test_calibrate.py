@@ -64,3 +64,22 @@ def test_fit_recovers_known_efficiencies():
     assert profile["kernel_us"] == pytest.approx(3.0)
     for op_class, value in (("conv", 0.02), ("matmul", 0.04), ("reduction", 0.01)):
         assert profile["efficiency"][op_class] == pytest.approx(value, rel=1e-3)
+
+
+def test_reduction_buckets_fit_and_lookup():
+    import dataclasses
+    import math
+
+    from mcc.hwmodels.calibrate import fit_reduction_buckets
+
+    buckets = fit_reduction_buckets([(9, 0.1), (27, 0.4), (288, 0.01), (576, 0.0025), (5000, 0.002)])
+    assert [limit for limit, _ in buckets][:3] == [32.0, 256.0, 1024.0]
+    assert buckets[0][1] == pytest.approx(math.sqrt(0.1 * 0.4))  # geometric mean
+    assert buckets[1][1] == pytest.approx(0.2)  # empty: nearest neighbour (the first bucket)
+    assert buckets[2][1] == pytest.approx(math.sqrt(0.01 * 0.0025))
+    assert buckets[3][1] == pytest.approx(0.002)
+    spec = dataclasses.replace(load_target("host"), conv_reduction_buckets=tuple(map(tuple, buckets)))
+    assert spec.node_efficiency("depthwise_conv", 9) == pytest.approx(0.2)
+    assert spec.node_efficiency("conv", 576) == pytest.approx(0.005)
+    assert spec.node_efficiency("matmul", 576) == spec.efficiency["matmul"]  # not a convolution
+    assert fit_reduction_buckets([]) == []

@@ -286,3 +286,18 @@ def test_estimate_cli_bad_inputs(run_mcc, tmp_path):
     assert result.returncode == 2 and "finite" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     result = run_mcc("estimate", tmp_path / "missing.onnx")
     assert result.returncode == 3 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_pointwise_convs_have_their_own_class_defaulting_to_conv():
+    model = parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 4, 8, 8] x) => (float[1, 4, 8, 8] y) <float[4, 4, 1, 1] w = {
+        1,0,0,0, 0,1,0,0, 0,0,1,0, 0,0,0,1}> {
+        y = Conv(x, w)
+    }
+    """)
+    target = synthetic_target()
+    assert target.efficiency["pointwise_conv"] == target.efficiency["conv"] == 0.5  # not given: conv's
+    (kernel,) = estimate(model, synthetic_target(efficiency__pointwise_conv=0.25)).kernels
+    assert kernel.op_class == "pointwise_conv"
+    assert kernel.compute_ms == pytest.approx(2 * 4 * 4 * 64 / (100e9 * 0.25) * 1e3)
