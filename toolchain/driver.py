@@ -23,7 +23,7 @@ import onnx
 
 from mcc.toolchain import ir
 from mcc.toolchain.errors import UnsupportedError, UsageError, ValidationFailed
-from mcc.toolchain.passmanager import DumpAfterChange, PassContext, PassManager
+from mcc.toolchain.passmanager import PassContext, PassManager
 from mcc.toolchain.pipeline import NAMED_PIPELINES, format_pipeline, parse_pipeline
 from mcc.toolchain.stats import model_stats
 
@@ -253,7 +253,7 @@ def _compile_into(request: CompileRequest, target, backend, passes, staging: Pat
 
     ctx = PassContext(verify_each=request.verify_each)
     if request.dump_dir is not None:
-        ctx.instruments.append(DumpAfterChange(str(request.dump_dir)))
+        ctx.with_config(dump_dir=str(request.dump_dir))
     stats_before = model_stats(static)
     with timer.measure("passes"):
         optimized, records = PassManager(passes, ctx).run(static)

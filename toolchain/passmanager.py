@@ -226,6 +226,9 @@ class PassManager:
     def __init__(self, passes: list[Pass] | tuple[Pass, ...], ctx: PassContext | None = None):
         self.passes = list(passes)
         self.ctx = ctx or PassContext()
+        dump_dir = self.ctx.config.get("dump-dir")
+        if dump_dir and not any(isinstance(i, DumpAfterChange) for i in self.ctx.instruments):
+            self.ctx.instruments.append(DumpAfterChange(dump_dir))
 
     def run(self, model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[PassRecord]]:
         records: list[PassRecord] = []

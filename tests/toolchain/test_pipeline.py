@@ -180,3 +180,10 @@ def test_static_shape_precondition_is_checked_before_the_pass_runs():
     with pytest.raises(PreconditionError, match="needs-static.*static input shapes"):
         PassManager([NeedsStaticShapes()]).run(dynamic)
     PassManager([NeedsStaticShapes()]).run(parse_model(SIMPLE))
+
+
+def test_dump_dir_config_writes_the_model_after_each_change(tmp_path):
+    model = parse_model(SIMPLE)
+    ctx = PassContext().with_config(dump_dir=str(tmp_path / "dumps"))
+    PassManager(parse_pipeline("eliminate-identity,eliminate-dead-nodes"), ctx).run(model)
+    assert [p.name for p in sorted((tmp_path / "dumps").iterdir())] == ["01-eliminate-identity.onnx"]
