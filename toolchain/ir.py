@@ -456,13 +456,3 @@ def subgraph_reads(node: onnx.NodeProto) -> set[str]:
                 names.update(name for name in inner.input if name and name not in local)
                 names.update(name for name in subgraph_reads(inner) if name not in local)
     return names
-
-
-def consumers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
-    """Map tensor name -> the nodes that read it (built fresh; never keep it across edits)."""
-    result: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            if name:
-                result.setdefault(name, []).append(node)
-    return result

@@ -94,8 +94,3 @@ def pass_entries() -> dict[str, PassEntry]:
 
 def plugin_errors() -> tuple[PluginError, ...]:
     return _load()[1]
-
-
-def reset_cache() -> None:
-    """Forget loaded plugins (tests install entry points at run time)."""
-    _load.cache_clear()

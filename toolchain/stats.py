@@ -66,7 +66,7 @@ def node_macs(node: onnx.NodeProto, types: dict) -> int | None:
         else:
             k = a[-1]
         return prod(out) * k
-    if node.op_type in RECURRENT_GATES:
+    if node.op_type in RECURRENT_OPS:
         # X: [seq, batch, input]; W: [directions, gates*hidden, input]; R: [directions, gates*hidden, hidden].
         # Per step and direction: gates*hidden x (input + hidden) MACs for every batch row.
         data, weight, recurrence = shape(node.input[0]), shape(node.input[1]), shape(node.input[2])
@@ -81,8 +81,8 @@ def node_macs(node: onnx.NodeProto, types: dict) -> int | None:
     return 0
 
 
-#: recurrent ops and their gate counts (the MAC formula reads the gate count from W's shape)
-RECURRENT_GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+#: recurrent ops (the MAC formula reads gates x hidden from W's shape)
+RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN"})
 
 
 def model_stats(model: onnx.ModelProto) -> ModelStats:
