@@ -8,6 +8,8 @@ The `host` target detects this machine's CPU at run time (`hwmodels/host.py`).
 
 from __future__ import annotations
 
+import bisect
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -18,6 +20,21 @@ from mcc.toolchain.errors import UsageError
 
 TARGETS_DIR = Path(__file__).parent / "targets"
 CONV_CLASSES = ("conv", "pointwise_conv", "depthwise_conv")
+#: op classes whose efficiency a calibrated profile may give as a curve over reduction length
+CURVE_CLASSES = (*CONV_CLASSES, "matmul")
+
+
+def interpolate_log_log(points: tuple[tuple[float, float], ...], x: float) -> float:
+    """y at x on the piecewise log-log line through `points` (sorted by x, positive), clamped at the ends."""
+    xs = [point[0] for point in points]
+    i = bisect.bisect_left(xs, x)
+    if i == 0:
+        return points[0][1]
+    if i == len(points):
+        return points[-1][1]
+    (x0, y0), (x1, y1) = points[i - 1], points[i]
+    t = (math.log(x) - math.log(x0)) / (math.log(x1) - math.log(x0))
+    return math.exp(math.log(y0) + t * (math.log(y1) - math.log(y0)))
 
 
 @dataclass(frozen=True)
@@ -48,9 +65,9 @@ class TargetSpec:
     excluded_ops: tuple[str, ...] = ()
     usd_per_hour: float | None = None
     detect_host: bool = False
-    #: calibrated only: (largest reduction length, efficiency) buckets for convolutions, which
-    #: replace the per-class conv efficiencies when present (see hwmodels/calibrate.py)
-    conv_reduction_buckets: tuple[tuple[float, float], ...] = ()
+    #: calibrated only: op class -> (size, efficiency) points sorted by size (`costmodel.curve_size`),
+    #: which replace that class's single efficiency when present (see hwmodels/calibrate.py)
+    efficiency_curves: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     path: str = ""
 
@@ -67,13 +84,17 @@ class TargetSpec:
             config.setdefault("num-cores", self.cores)
         return tvm.target.Target(config)
 
-    def node_efficiency(self, op_class: str, reduction_length: float) -> float:
-        """Fraction of peak a node of `op_class` reaches; convolutions by reduction length when calibrated."""
-        if self.conv_reduction_buckets and op_class in CONV_CLASSES:
-            for limit, efficiency in self.conv_reduction_buckets:
-                if reduction_length <= limit:
-                    return efficiency
-            return self.conv_reduction_buckets[-1][1]
+    def node_efficiency(self, op_class: str, size: float) -> float:
+        """Fraction of peak a node of `op_class` reaches.
+
+        `size` places the node on its class's curve (`costmodel.curve_size`: reduction length for a
+        convolution, min(K, N) for a matmul). With a calibrated curve for the class, the
+        efficiency is interpolated linearly in log(size)-log(efficiency) between its points and held
+        constant beyond the first and last; otherwise it is the class's single efficiency.
+        """
+        curve = self.efficiency_curves.get(op_class)
+        if curve and size > 0:
+            return interpolate_log_log(curve, size)
         return self.efficiency[op_class if op_class in self.efficiency else "other"]
 
     def as_dict(self) -> dict:

@@ -10,8 +10,8 @@ backend, same target) and timed from the exported library with TVM's time_evalua
 3. per op class: for each benchmark, the efficiency that makes the roofline prediction equal the
    measurement, eff = compute_s(eff = 1) / (time - overhead), when the kernel is compute-bound at
    that efficiency; the class's efficiency is the geometric mean over its shapes.
-4. convolutions (all three conv classes) also by reduction length, in buckets
-   (`fit_reduction_buckets`), which the cost model prefers when a profile has them.
+4. convolutions (all three conv classes) and matmuls also as a curve over reduction length
+   (`fit_curve`), which the cost model interpolates when a profile has one.
 
 The profile is written to the user cache (`hwmodels.host.calibration_path()`), keyed by the CPU,
 and `load_target("host")` applies it from then on.
@@ -34,8 +34,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from mcc.hwmodels import CONV_CLASSES, TargetSpec
-from mcc.hwmodels.costmodel import estimate
+from mcc.hwmodels import CURVE_CLASSES, TargetSpec
+from mcc.hwmodels.costmodel import curve_size, estimate
+from mcc.hwmodels.workload import model_work
+from mcc.toolchain import ir
 from mcc.hwmodels.host import calibration_path, cpu_fingerprint
 
 
@@ -64,10 +66,10 @@ def _conv(cin: int, cout: int, size: int, kernel: int, stride: int = 1, group: i
     def build() -> onnx.ModelProto:
         pad = kernel // 2
         out = (size + 2 * pad - kernel) // stride + 1
-        node = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[pad] * 4, strides=[stride] * 2,
+        node = helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", pads=[pad] * 4, strides=[stride] * 2,
                                 group=group)
         return _model([node], {"x": [1, cin, size, size]}, {"y": [1, cout, out, out]},
-                      [_weights("w", (cout, cin // group, kernel, kernel))])
+                      [_weights("w", (cout, cin // group, kernel, kernel)), _weights("b", (cout,))])
 
     return build
 
@@ -127,20 +129,42 @@ def _transpose(shape: list[int]) -> Callable[[], onnx.ModelProto]:
 BENCHMARKS: tuple[MicroBenchmark, ...] = (
     MicroBenchmark("tiny-relu", "overhead", _unary("Relu", [16])),
     MicroBenchmark("add-16MiB", "bandwidth", _binary_add(4 * 2**20)),
-    MicroBenchmark("conv3x3-32x28", "conv", _conv(32, 32, 28, 3)),
-    MicroBenchmark("conv3x3-64x56", "conv", _conv(64, 64, 56, 3)),
-    MicroBenchmark("conv3x3-128x14", "conv", _conv(128, 128, 14, 3)),
-    MicroBenchmark("conv1x1-64x14", "pointwise_conv", _conv(64, 64, 14, 1)),
-    MicroBenchmark("conv1x1-256x28", "pointwise_conv", _conv(256, 64, 28, 1)),
-    MicroBenchmark("conv1x1-32x56", "pointwise_conv", _conv(32, 128, 56, 1)),
-    MicroBenchmark("conv3x3s2-16x56", "conv", _conv(16, 32, 56, 3, stride=2)),
+    # convolutions carry a bias, as nearly every convolution of a real model does once BatchNorm is
+    # folded; the reduction lengths (cin / groups x window) sample where untuned kernels change speed
+    MicroBenchmark("conv3x3-rgb-112", "conv", _conv(3, 32, 112, 3)),
     MicroBenchmark("conv3x3s2-rgb-112", "conv", _conv(3, 16, 112, 3, stride=2)),
+    MicroBenchmark("conv3x3-7x56", "conv", _conv(7, 32, 56, 3)),
+    MicroBenchmark("conv3x3-8x56", "conv", _conv(8, 32, 56, 3)),
+    MicroBenchmark("conv3x3-12x28", "conv", _conv(12, 32, 28, 3)),
+    MicroBenchmark("conv3x3s2-16x56", "conv", _conv(16, 32, 56, 3, stride=2)),
+    MicroBenchmark("conv3x3-32x28", "conv", _conv(32, 32, 28, 3)),
+    MicroBenchmark("conv3x3-64x14", "conv", _conv(64, 64, 14, 3)),
+    MicroBenchmark("conv3x3-128x14", "conv", _conv(128, 128, 14, 3)),
     MicroBenchmark("conv3x3-256x7", "conv", _conv(256, 256, 7, 3)),
+    MicroBenchmark("conv3x3-512x7", "conv", _conv(512, 64, 7, 3)),
+    MicroBenchmark("conv1x1-16x56", "pointwise_conv", _conv(16, 64, 56, 1)),
+    MicroBenchmark("conv1x1-32x56", "pointwise_conv", _conv(32, 64, 56, 1)),
+    MicroBenchmark("conv1x1-40x28", "pointwise_conv", _conv(40, 64, 28, 1)),
+    MicroBenchmark("conv1x1-48x28", "pointwise_conv", _conv(48, 64, 28, 1)),
+    MicroBenchmark("conv1x1-64x28", "pointwise_conv", _conv(64, 64, 28, 1)),
+    MicroBenchmark("conv1x1-96x28", "pointwise_conv", _conv(96, 64, 28, 1)),
+    MicroBenchmark("conv1x1-128x14", "pointwise_conv", _conv(128, 128, 14, 1)),
+    MicroBenchmark("conv1x1-256x28", "pointwise_conv", _conv(256, 64, 28, 1)),
     MicroBenchmark("conv1x1-512x14", "pointwise_conv", _conv(512, 128, 14, 1)),
+    MicroBenchmark("conv1x1-1024x7", "pointwise_conv", _conv(1024, 256, 7, 1)),
     MicroBenchmark("dwconv3x3-64x28", "depthwise_conv", _conv(64, 64, 28, 3, group=64)),
     MicroBenchmark("dwconv5x5-32x56", "depthwise_conv", _conv(32, 32, 56, 5, group=32)),
+    MicroBenchmark("dwconv7x7-32x28", "depthwise_conv", _conv(32, 32, 28, 7, group=32)),
+    # matmuls by min(K, N) (`costmodel.curve_size`)
+    MicroBenchmark("matvec-1x2048x128", "matmul", _matmul(1, 2048, 128)),
     MicroBenchmark("matmul-64x256x256", "matmul", _matmul(64, 256, 256)),
     MicroBenchmark("matvec-1x512x512", "matmul", _matmul(1, 512, 512)),
+    MicroBenchmark("matvec-1x768x256", "matmul", _matmul(1, 768, 256)),
+    MicroBenchmark("matvec-1x512x1024", "matmul", _matmul(1, 512, 1024)),
+    MicroBenchmark("matvec-1x1024x1024", "matmul", _matmul(1, 1024, 1024)),
+    MicroBenchmark("matvec-1x2048x2048", "matmul", _matmul(1, 2048, 2048)),
+    MicroBenchmark("matvec-1x4096x1024", "matmul", _matmul(1, 4096, 1024)),
+    MicroBenchmark("matvec-1x4096x4096", "matmul", _matmul(1, 4096, 4096)),
     MicroBenchmark("exp-64x56x56", "elementwise", _unary("Exp", [1, 64, 56, 56])),
     MicroBenchmark("relu-64x56x56", "elementwise", _unary("Relu", [1, 64, 56, 56])),
     MicroBenchmark("maxpool3x3s2-64x56", "pool", _pool(64, 56)),
@@ -174,14 +198,16 @@ def fit_profile(spec: TargetSpec, measured: dict[str, float]) -> dict:
     peak_gb_s = max(spec.dram_bandwidth_gb_s, effective_gb_s)
     base = dataclasses.replace(spec, kernel_overhead_us=kernel_us, dram_bandwidth_gb_s=peak_gb_s,
                                bandwidth_efficiency=effective_gb_s / peak_gb_s,
-                               efficiency={name: 1.0 for name in spec.efficiency}, conv_reduction_buckets=())
+                               efficiency={name: 1.0 for name in spec.efficiency}, efficiency_curves={})
     per_class: dict[str, list[float]] = {}
-    conv_points: list[tuple[float, float]] = []  # (reduction length, efficiency) of every convolution
+    curve_points: dict[str, list[tuple[float, float]]] = {}  # class -> (curve size, efficiency)
     for name, latency_ms in measured.items():
         benchmark = benchmarks[name]
         if benchmark.op_class in ("overhead", "bandwidth"):
             continue
-        (kernel,) = estimate(benchmark.build(), base).kernels
+        model = benchmark.build()
+        (kernel,) = estimate(model, base).kernels
+        works, _ = model_work(ir.infer_shapes(model))
         work_s = max(latency_ms * 1e-3 - overhead_s, 1e-9)
         compute_s = kernel.compute_ms * 1e-3  # at efficiency 1
         memory_s = kernel.memory_ms * 1e-3
@@ -192,8 +218,9 @@ def fit_profile(spec: TargetSpec, measured: dict[str, float]) -> dict:
         kind = "bound" if work_s > 1.1 * memory_s else "lower"
         efficiency_point = min(compute_s / work_s, 1.0)
         per_class.setdefault(benchmark.op_class, {"bound": [], "lower": []})[kind].append(efficiency_point)
-        if benchmark.op_class in CONV_CLASSES and kernel.output_shape:
-            conv_points.append((kernel.macs / math.prod(kernel.output_shape), efficiency_point))
+        if benchmark.op_class in CURVE_CLASSES:
+            anchor = next(node for node in works if node.name == kernel.name)
+            curve_points.setdefault(benchmark.op_class, []).append((curve_size(anchor), efficiency_point))
     efficiency = dict(spec.efficiency)
     for op_class, values in per_class.items():
         if values["bound"]:
@@ -205,39 +232,29 @@ def fit_profile(spec: TargetSpec, measured: dict[str, float]) -> dict:
         efficiency["other"] = efficiency["conv"]
     return {
         "efficiency": {k: float(f"{v:.6g}") for k, v in efficiency.items()},
-        "conv_reduction_buckets": fit_reduction_buckets(conv_points),
+        "efficiency_curves": {op_class: fit_curve(points) for op_class, points in sorted(curve_points.items())},
         "bandwidth_efficiency": float(f"{effective_gb_s / peak_gb_s:.6g}"),
         "dram_bandwidth_gb_s": float(f"{peak_gb_s:.6g}"),
         "kernel_us": float(f"{kernel_us:.6g}"),
     }
 
 
-#: reduction-length buckets (MACs per output element) for convolution efficiency
-REDUCTION_LIMITS = (32.0, 256.0, 1024.0, math.inf)
+def fit_curve(points: list[tuple[float, float]]) -> list[list[float]]:
+    """(size, efficiency) points sorted by size; repeated sizes merge by geometric mean.
 
-
-def fit_reduction_buckets(points: list[tuple[float, float]]) -> list[list[float]]:
-    """Geometric-mean efficiency per reduction-length bucket; an empty bucket takes its nearest neighbour's.
-
-    Untuned TVM convolutions are loop nests whose cost per MAC depends mostly on the length of the
-    reduction (input channels / groups x kernel window): measured here, ~0.1 ns per MAC up to a
-    reduction of ~32, ~1-1.5 ns beyond, so one efficiency per op class cannot fit 1x1, 3x3 and
-    depthwise convolutions at once.
+    Untuned TVM kernels are loop nests whose cost per MAC depends mostly on the reduction length
+    (input channels / groups x window for a convolution, K for a matmul), and not smoothly: measured
+    here, a 1x1 convolution costs ~0.1 ns per MAC up to 32 input channels and ~0.4-0.9 ns beyond, a
+    3x3 one ~0.1 ns up to 7 input channels and ~0.6-1.2 ns from 8; a matrix-vector product costs
+    ~1-2.4 ns per MAC while K or N is at most 768, and 4-10 ns when both are 1000 or more
+    (`costmodel.curve_size` gives the x of each class). One efficiency per class cannot describe
+    that; the cost model interpolates between these points instead.
     """
-    values: list[float | None] = []
-    lower = 0.0
-    for limit in REDUCTION_LIMITS:
-        inside = [eff for length, eff in points if lower < length <= limit]
-        values.append(math.exp(statistics.fmean(math.log(v) for v in inside)) if inside else None)
-        lower = limit
-    known = [i for i, v in enumerate(values) if v is not None]
-    if not known:
-        return []
-    buckets = []
-    for i, limit in enumerate(REDUCTION_LIMITS):
-        value = values[i] if values[i] is not None else values[min(known, key=lambda k: abs(k - i))]
-        buckets.append([limit if math.isfinite(limit) else 1e18, float(f"{value:.6g}")])
-    return buckets
+    by_length: dict[float, list[float]] = {}
+    for length, value in points:
+        by_length.setdefault(round(length, 6), []).append(value)
+    return [[length, float(f"{math.exp(statistics.fmean(math.log(v) for v in values)):.6g}")]
+            for length, values in sorted(by_length.items())]
 
 
 def calibrate(spec: TargetSpec, repeat: int = 10, progress: Callable[[str], None] | None = None) -> tuple[dict, Path]:

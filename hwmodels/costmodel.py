@@ -4,8 +4,11 @@ For a kernel k running at precision p on target T:
 
     compute_s(k) = sum over its nodes n of ops(n) / (peak_gops[p] * 1e9 * efficiency[class(n)])
 
-(a calibrated host refines the convolution efficiencies by reduction length, MACs per output
-element: see hwmodels/calibrate.py)
+(a calibrated host gives convolution and matmul efficiencies as curves, over reduction length for
+convolutions and over the weight's smaller side for matmuls: `curve_size`, hwmodels/calibrate.py). Elementwise ops fused behind a conv or
+matmul anchor (bias, activation, residual add) are its epilogue: they work on values as the
+anchor produces them and are charged at the peak rate, not at the `elementwise` efficiency, which
+describes standalone elementwise kernels.
     memory_s(k)  = bytes(k) / (dram_bandwidth_gb_s * 1e9 * bandwidth_efficiency)
     time_s(k)    = max(compute_s, memory_s) + kernel_us * 1e-6         (bound: the larger term)
 
@@ -32,7 +35,7 @@ import onnx
 from mcc.hwmodels import TargetSpec
 from mcc.hwmodels.kernels import form_kernels, resolve_alias
 from mcc.hwmodels.memory import Buffer, plan_arena
-from mcc.hwmodels.workload import SLICING_OPS, model_work, native_precision, tensor_bytes
+from mcc.hwmodels.workload import MAC_CLASSES, SLICING_OPS, model_work, native_precision, tensor_bytes
 from mcc.toolchain import ir
 
 
@@ -78,6 +81,22 @@ class Estimate:
             data.pop("kernels")
         data["hotspots"] = [k.name for k in self.hotspots()]
         return data
+
+
+def curve_size(node) -> float:
+    """Where a node sits on its class's efficiency curve (`TargetSpec.efficiency_curves`).
+
+    Convolutions: the reduction length, MACs per output element (input channels / groups x window).
+    Matmuls: min(K, N), the smaller side of the weight: an untuned matmul walks the weight K-strided
+    and is slow only when both a K-line window overflows L1 (large K) and the weight overflows L2
+    (large K x N). Other classes: MACs per output element (they have no curve).
+    """
+    outputs = math.prod(node.output_shape) if node.output_shape else 0
+    if not outputs:
+        return 0.0
+    if node.op_class == "matmul":
+        return min(node.macs / outputs, node.output_shape[-1])
+    return node.macs / outputs
 
 
 def _precision_for(work, default: str, layer_precisions: dict[str, str] | None, types: dict) -> str:
@@ -133,11 +152,14 @@ def estimate(
         reads: dict[str, float] = {}  # tensor read from outside the kernel -> bytes read
         compute_s = 0.0
         ops = 0.0
+        epilogue = kernel.anchor.op_class in MAC_CLASSES
         for node in kernel.nodes:
             node_precision = _precision_for(node, kernel_precision, layer_precisions, types)
-            outputs = math.prod(node.output_shape) if node.output_shape else 0
-            reduction = node.macs / outputs if outputs else 0.0  # MACs per output element
-            rate = peak(node_precision) * 1e9 * target.node_efficiency(node.op_class, reduction)
+            if node.op_class == "elementwise" and epilogue:
+                efficiency = 1.0  # applied to values in registers as the anchor produces them
+            else:
+                efficiency = target.node_efficiency(node.op_class, curve_size(node))
+            rate = peak(node_precision) * 1e9 * efficiency
             compute_s += node.ops / rate if rate > 0 else 0.0
             ops += node.ops
             dynamic_op_pj += node.ops * target.pj_per_op.get(node_precision, target.pj_per_op["fp32"])

@@ -87,6 +87,21 @@ def detect_host(spec):
     return apply_calibration(updated)
 
 
+def _curves(data: dict) -> dict[str, tuple[tuple[float, float], ...]]:
+    """A profile's efficiency curves, validated: known classes, positive points, increasing lengths."""
+    from mcc.hwmodels import CURVE_CLASSES
+
+    curves = {}
+    for op_class, points in data.items():
+        curve = tuple((float(length), float(value)) for length, value in points)
+        if op_class not in CURVE_CLASSES or not curve or any(x <= 0 or not 0 < y <= 1 for x, y in curve):
+            raise ValueError(f"bad efficiency curve for {op_class!r}")
+        if any(a[0] >= b[0] for a, b in zip(curve, curve[1:])):
+            raise ValueError(f"efficiency curve for {op_class!r} is not sorted by reduction length")
+        curves[op_class] = curve
+    return curves
+
+
 def apply_calibration(spec):
     path = calibration_path()
     if not path.is_file():
@@ -104,9 +119,7 @@ def apply_calibration(spec):
             bandwidth_efficiency=float(profile.get("bandwidth_efficiency", spec.bandwidth_efficiency)),
             dram_bandwidth_gb_s=float(profile.get("dram_bandwidth_gb_s", spec.dram_bandwidth_gb_s)),
             kernel_overhead_us=float(profile.get("kernel_us", spec.kernel_overhead_us)),
-            conv_reduction_buckets=tuple(
-                (float(limit), float(value)) for limit, value in profile.get("conv_reduction_buckets", [])
-            ),
+            efficiency_curves=_curves(profile.get("efficiency_curves", {})),
             sources=sources,
         )
     except (OSError, ValueError, TypeError, AttributeError):

@@ -69,16 +69,19 @@ def form_kernels(works: list[NodeWork], graph_outputs: set[str]) -> list[Kernel]
 def _joins(work, current: Kernel, kernel_of, alias, readers, by_index, graph_outputs) -> bool:
     """Whether an elementwise node fuses into the kernel just formed.
 
-    Only the latest kernel can absorb it (so every other input it reads is already computed), its
-    first input must be produced there (not through a view), and every reader of that tensor must be
-    elementwise too, so all of them can stay in the kernel (SiLU's conv -> Sigmoid -> Mul diamond).
+    Only the latest kernel can absorb it (so every other input it reads is already computed), one of
+    its inputs must be produced there (not through a view; a residual Add fuses whichever operand
+    the conv is), and every reader of that tensor must be elementwise too, so all of them can stay
+    in the kernel (SiLU's conv -> Sigmoid -> Mul diamond).
     """
     if work.op_class != "elementwise" or not work.inputs or current.op_class not in FUSABLE_ANCHORS:
         return False
-    first = work.inputs[0]
-    if alias.get(first, first) != first or kernel_of.get(first) is not current or first in graph_outputs:
-        return False
-    return all(by_index[index].op_class == "elementwise" for index in readers.get(first, ()))
+    for name in work.inputs:
+        if alias.get(name, name) != name or kernel_of.get(name) is not current or name in graph_outputs:
+            continue
+        if all(by_index[index].op_class == "elementwise" for index in readers.get(name, ())):
+            return True
+    return False
 
 
 def resolve_alias(works: list[NodeWork]) -> dict[str, str]:

@@ -21,11 +21,13 @@ def test_calibrate_writes_a_profile_that_host_then_uses(cache, run_mcc):
     (path,) = (cache / "calibration").glob("host-*.json")
     profile = json.loads(path.read_text())
     assert set(profile["measured_ms"]) >= {"tiny-relu", "add-16MiB", "conv3x3-32x28", "matmul-64x256x256"}
+    assert set(profile["efficiency_curves"]) == {"conv", "pointwise_conv", "depthwise_conv", "matmul"}
     assert all(value > 0 for value in profile["measured_ms"].values())
     assert 0 < profile["efficiency"]["conv"] <= 1 and profile["kernel_us"] > 0
     after = load_target("host")
     assert after.efficiency["conv"] == pytest.approx(profile["efficiency"]["conv"])
     assert after.kernel_overhead_us == pytest.approx(profile["kernel_us"])
+    assert after.efficiency_curves["conv"] == tuple(map(tuple, profile["efficiency_curves"]["conv"]))
     assert "calibrated on host" in after.sources["efficiency"]
     assert before.sources["efficiency"] != after.sources["efficiency"]
 
@@ -66,20 +68,35 @@ def test_fit_recovers_known_efficiencies():
         assert profile["efficiency"][op_class] == pytest.approx(value, rel=1e-3)
 
 
-def test_reduction_buckets_fit_and_lookup():
+def test_efficiency_curve_fit_and_interpolation():
     import dataclasses
     import math
 
-    from mcc.hwmodels.calibrate import fit_reduction_buckets
+    from mcc.hwmodels.calibrate import fit_curve
 
-    buckets = fit_reduction_buckets([(9, 0.1), (27, 0.4), (288, 0.01), (576, 0.0025), (5000, 0.002)])
-    assert [limit for limit, _ in buckets][:3] == [32.0, 256.0, 1024.0]
-    assert buckets[0][1] == pytest.approx(math.sqrt(0.1 * 0.4))  # geometric mean
-    assert buckets[1][1] == pytest.approx(0.2)  # empty: nearest neighbour (the first bucket)
-    assert buckets[2][1] == pytest.approx(math.sqrt(0.01 * 0.0025))
-    assert buckets[3][1] == pytest.approx(0.002)
-    spec = dataclasses.replace(load_target("host"), conv_reduction_buckets=tuple(map(tuple, buckets)))
-    assert spec.node_efficiency("depthwise_conv", 9) == pytest.approx(0.2)
-    assert spec.node_efficiency("conv", 576) == pytest.approx(0.005)
-    assert spec.node_efficiency("matmul", 576) == spec.efficiency["matmul"]  # not a convolution
-    assert fit_reduction_buckets([]) == []
+    curve = fit_curve([(288, 0.01), (9, 0.1), (9, 0.4), (4608, 0.001)])
+    assert [length for length, _ in curve] == [9, 288, 4608]  # sorted, repeated lengths merged
+    assert curve[0][1] == pytest.approx(0.2)  # geometric mean of 0.1 and 0.4
+    spec = dataclasses.replace(load_target("host"), efficiency_curves={"conv": tuple(map(tuple, curve))})
+    assert spec.node_efficiency("conv", 9) == pytest.approx(0.2)
+    assert spec.node_efficiency("conv", 3) == pytest.approx(0.2)  # held before the first point
+    assert spec.node_efficiency("conv", 10_000) == pytest.approx(0.001)  # and after the last
+    # halfway in log(length) between 288 and 4608 is 1152: halfway in log(efficiency) is sqrt(0.01 x 0.001)
+    assert spec.node_efficiency("conv", 1152) == pytest.approx(math.sqrt(0.01 * 0.001))
+    assert spec.node_efficiency("matmul", 288) == spec.efficiency["matmul"]  # no curve for that class
+    assert fit_curve([]) == []
+
+
+@pytest.mark.parametrize("curves", [
+    {"conv": [[9, 0.2], [3, 0.1]]},  # not sorted
+    {"conv": [[9, 1.5]]},  # efficiency above 1
+    {"softmax": [[9, 0.1]]},  # not a curve class
+])
+def test_profile_with_a_bad_curve_is_ignored(cache, curves):
+    from mcc.hwmodels.host import calibration_path
+
+    path = calibration_path()
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"efficiency": {"conv": 0.5}, "efficiency_curves": curves}))
+    target = load_target("host")
+    assert "calibrated on host" not in target.sources["efficiency"] and not target.efficiency_curves

@@ -49,14 +49,15 @@ def conv_relu_model() -> onnx.ModelProto:
 
 
 def test_conv_relu_roofline_energy_price_memory_by_hand():
-    result = estimate(conv_relu_model(), synthetic_target())
+    # the elementwise efficiency applies to standalone elementwise kernels, not to a conv's epilogue
+    result = estimate(conv_relu_model(), synthetic_target(efficiency__elementwise=0.25))
     (kernel,) = result.kernels  # the Relu fuses into the Conv's kernel
     assert kernel.ops == ["Conv", "Relu"]
     assert kernel.macs == 256 * 27  # 1x4x8x8 outputs, each 3 channels x 3x3
     assert kernel.arithmetic_ops == 2 * 6912 + 256
     # bytes: input 768 + weights 432 + bias 16 + output 1024; the Conv->Relu tensor never reaches memory
     assert kernel.bytes == 768 + 432 + 16 + 1024
-    compute_s = 13824 / (100e9 * 0.5) + 256 / 100e9
+    compute_s = 13824 / (100e9 * 0.5) + 256 / 100e9  # the fused Relu at the peak rate
     memory_s = 2240 / 10e9
     assert kernel.compute_ms == pytest.approx(compute_s * 1e3)
     assert kernel.memory_ms == pytest.approx(memory_s * 1e3)
@@ -69,6 +70,15 @@ def test_conv_relu_roofline_energy_price_memory_by_hand():
     assert result.weights_mb == pytest.approx(448 / 2**20)
     assert result.arena_mb == pytest.approx((768 + 1024) / 2**20)  # input and output alive together
     assert result.peak_memory_mb == pytest.approx((448 + 1792) / 2**20)
+
+
+def test_standalone_elementwise_kernel_uses_its_class_efficiency():
+    model = parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 4, 8, 8] x) => (float[1, 4, 8, 8] y) { y = Relu(x) }
+    """)
+    (kernel,) = estimate(model, synthetic_target(efficiency__elementwise=0.25)).kernels
+    assert kernel.compute_ms == pytest.approx(256 / (100e9 * 0.25) * 1e3)
 
 
 def test_int8_what_if_quarters_bytes_and_uses_the_int8_rate():
@@ -301,3 +311,46 @@ def test_pointwise_convs_have_their_own_class_defaulting_to_conv():
     (kernel,) = estimate(model, synthetic_target(efficiency__pointwise_conv=0.25)).kernels
     assert kernel.op_class == "pointwise_conv"
     assert kernel.compute_ms == pytest.approx(2 * 4 * 4 * 64 / (100e9 * 0.25) * 1e3)
+
+
+def test_calibrated_curves_place_convs_by_reduction_length_and_matmuls_by_weight_side():
+    import dataclasses
+    import math
+
+    from mcc.hwmodels.costmodel import curve_size
+    from mcc.hwmodels.workload import model_work
+    from mcc.toolchain import ir
+
+    weights = [numpy_helper.from_array(np.ones((4, 4, 3, 3), np.float32), "w"),
+               numpy_helper.from_array(np.ones((12, 7), np.float32), "b")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1], group=2),
+             helper.make_node("MatMul", ["a", "b"], ["z"], name="matmul")]
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(nodes, "g", [value("x", TensorProto.FLOAT, [1, 8, 6, 6]),
+                                           value("a", TensorProto.FLOAT, [2, 5, 12])],
+                              [value("y", TensorProto.FLOAT, [1, 4, 6, 6]), value("z", TensorProto.FLOAT, [2, 5, 7])],
+                              initializer=weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    works, _ = model_work(ir.infer_shapes(model))
+    assert {work.op_type: curve_size(work) for work in works} == {"Conv": 4 * 3 * 3, "MatMul": min(12, 7)}
+    curves = {"conv": ((10.0, 0.5), (40.0, 0.125)), "matmul": ((7.0, 0.05), (100.0, 0.01))}
+    target = dataclasses.replace(synthetic_target(), efficiency_curves=curves)
+    by_op = {kernel.ops[0]: kernel for kernel in estimate(model, target).kernels}
+    t = math.log(36 / 10) / math.log(40 / 10)  # 36 lies between the points 10 and 40: log-log interpolation
+    conv_efficiency = math.exp(math.log(0.5) + t * (math.log(0.125) - math.log(0.5)))
+    assert by_op["Conv"].compute_ms == pytest.approx(2 * 4 * 36 * 36 / (100e9 * conv_efficiency) * 1e3)
+    assert by_op["MatMul"].compute_ms == pytest.approx(2 * 2 * 5 * 7 * 12 / (100e9 * 0.05) * 1e3)
+
+
+@pytest.mark.parametrize("order", ["skip, c", "c, skip"])
+def test_residual_add_fuses_into_the_conv_whichever_operand_it_is(order):
+    model = parse_model(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 4, 8, 8] x) => (float[1, 4, 8, 8] y) <float[4, 4, 1, 1] w = {{
+        1,0,0,0, 0,1,0,0, 0,0,1,0, 0,0,0,1}}> {{
+        skip = Relu(x)
+        c = Conv(skip, w)
+        y = Add({order})
+    }}
+    """)
+    assert [k.ops for k in estimate(model, synthetic_target()).kernels] == [["Relu"], ["Conv", "Add"]]
