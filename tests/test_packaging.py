@@ -29,6 +29,12 @@ def test_only_the_mcc_namespace_is_installed(wheel):
     for package in ("toolchain", "passes", "backends", "hwmodels"):
         assert f"mcc/{package}/__init__.py" in names
     assert "mcc/hwmodels/targets/host.toml" in names
+    # every source module of the four code folders is in the wheel (a subpackage missing from
+    # pyproject's `packages` would install a broken mcc)
+    for folder in ("toolchain", "passes", "backends", "hwmodels"):
+        for source in sorted((REPO / folder).rglob("*.py")):
+            if "__pycache__" not in source.parts:
+                assert f"mcc/{source.relative_to(REPO).as_posix()}" in names, f"{source} is not packaged"
     assert "mcc/__init__.py" not in names  # an implicit namespace: plugins may add mcc.* packages
 
 

@@ -1,8 +1,8 @@
 """Every real third-party model in ../shared/models compiles for the host and validates.
 
 Several of these are models plain TVM 0.27 cannot import (PP-OCRv5 cls, UltraFace, magika,
-openwakeword melspectrogram); mcc's passes are what make them compile. silero's LSTM is not
-handled by the backend yet: mcc must stop with one line naming the op, the node and the target.
+openwakeword melspectrogram, silero's LSTM); mcc's passes are what make them compile.
+silero VAD is tested in tests/passes/test_recurrent.py (its LSTM is unrolled by substitute-recurrent).
 """
 
 import json
@@ -58,13 +58,3 @@ def test_shared_model_compiles_and_validates(relative, extra, shared_models, run
     assert (out / "model.so").is_file() and (out / "model.onnx").is_file()
     for output in report["validation"]["outputs"]:
         assert output["cosine"] > 0.999, output
-
-
-def test_silero_lstm_stops_with_one_line(shared_models, run_mcc, tmp_path):
-    result = run_mcc("compile", shared_models / "silero_vad/silero_vad_v6_fasterwhisper.onnx",
-                     "--input-shape", "input=1x576", "-o", tmp_path / "out")
-    assert result.returncode == 5
-    assert result.stderr.strip() == (
-        "mcc: unsupported: op 'LSTM' at node '/decoder/rnn/LSTM' is not supported by backend tvm-llvm for target 'host'"
-    )
-    assert not (tmp_path / "out").exists()

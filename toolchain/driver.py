@@ -41,11 +41,18 @@ class CompileRequest:
     output_dir: Path | None = None
     passes: str | None = None
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    #: inputs specialised to constants (`--const-input`): name -> values
+    const_inputs: dict[str, list[float]] = field(default_factory=dict)
     inputs_path: Path | None = None
     precision: str = "fp32"
     seed: int = 0
     verify_each: bool = False
     dump_dir: Path | None = None
+    #: rewrite rules whose firing (or why not) the report and the terminal explain
+    explain: tuple[str, ...] = ()
+    #: the accuracy budget: outputs must keep this SQNR against the reference (instead of the
+    #: precision's tolerances), and lossy rewrites (approximations of ops the target lacks) may apply
+    min_sqnr_db: float | None = None
 
 
 @dataclass
@@ -205,6 +212,7 @@ def compile_model(request: CompileRequest) -> CompileOutcome:
     target = load_target(request.target)
     backend = get_backend(target.backend)
     passes = resolve_pipeline(request.passes)
+    _check_explain(request.explain, passes)
     output_dir = Path(request.output_dir or default_output_dir(request.model_path, request.target)).absolute()
     if request.inputs_path is not None and not Path(request.inputs_path).is_file():
         raise UsageError(f"--inputs {request.inputs_path}: no such file")
@@ -223,6 +231,22 @@ def compile_model(request: CompileRequest) -> CompileOutcome:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return CompileOutcome(report=report, output_dir=output_dir)
+
+
+def _check_explain(names: tuple[str, ...], passes) -> None:
+    """Every --explain names a rewrite rule of the pipeline (checked before any work)."""
+    from mcc.toolchain.rewrite import RewritePass
+
+    def flatten(items):
+        for item in items:
+            yield from flatten(item.passes) if item.name == "fixed-point" else (item,)
+
+    known = sorted({rule.name for p in flatten(passes) if isinstance(p, RewritePass) for rule in p.rules})
+    for name in names:
+        if name not in known:
+            from mcc.toolchain.pipeline import _suggest
+
+            raise UsageError(f"--explain {name}: no rewrite rule of that name in the pipeline{_suggest(name, known)}")
 
 
 def _estimate_or_note(model: onnx.ModelProto, target, precision: str, ctx: PassContext) -> dict | None:
@@ -245,12 +269,19 @@ def _compile_into(request: CompileRequest, target, backend, passes, staging: Pat
         original = ir.load_model(request.model_path)
         source_hash = ir.content_hash(original)
         static, fixed = ir.fix_input_shapes(original, request.input_shapes)
+        static, constants = ir.specialize_inputs(static, request.const_inputs)
         if request.inputs_path is not None:
             inputs = validate.load_inputs(request.inputs_path, static, fixed.shapes)
         else:
             inputs = validate.random_inputs(static, fixed.shapes, seed=request.seed)
+        inputs.update(constants)  # the reference runs the original model, where they are inputs
+        compile_shapes = {name: shape for name, shape in fixed.shapes.items() if name not in constants}
 
-    ctx = PassContext(verify_each=request.verify_each)
+    excluded = frozenset(target.excluded_ops)
+    ctx = PassContext(verify_each=request.verify_each, supported_ops=backend.supported_ops() - excluded)
+    if request.explain:
+        ctx.with_config(explain=",".join(request.explain))
+    ctx.with_config(allow_lossy=request.min_sqnr_db is not None)
     if request.dump_dir is not None:
         ctx.with_config(dump_dir=str(request.dump_dir))
     stats_before = model_stats(static)
@@ -263,15 +294,20 @@ def _compile_into(request: CompileRequest, target, backend, passes, staging: Pat
             records.extend(more)
     stats_after = model_stats(optimized)
 
-    unsupported = backend.unsupported_nodes(optimized)
+    unsupported = backend.unsupported_nodes(optimized, excluded)
     if unsupported:
         first = unsupported[0]
-        ops = sorted({node.op_type for node in unsupported})
-        more = f" (and {len(unsupported) - 1} more node(s); ops: {', '.join(ops)})" if len(unsupported) > 1 else ""
+        others = [f"'{node.op_type}' at '{node.name}'" for node in unsupported[1:6]]
+        if len(unsupported) > 6:
+            others.append(f"{len(unsupported) - 6} more")
+        more = f" (and {len(unsupported) - 1} more node(s): {', '.join(others)})" if others else ""
         domain = f" in domain '{first.domain}'" if first.domain not in ir.DEFAULT_DOMAINS else ""
+        from mcc.toolchain.rewrite import why_not_substituted
+
+        why = why_not_substituted(optimized, first.name, passes, ctx)
         raise UnsupportedError(
             f"op '{first.op_type}'{domain} at node '{first.name}' is not supported by backend {backend.name} "
-            f"for target '{target.name}'{more}"
+            f"for target '{target.name}'{more}" + (f"; no substitution applies ({why})" if why else "")
         )
 
     with timer.measure("estimate"):
@@ -287,7 +323,7 @@ def _compile_into(request: CompileRequest, target, backend, passes, staging: Pat
     with capture_native_output() as backend_log:
         tvm_target = target.tvm()
         with timer.measure("compile"):
-            artifact = backend.compile(optimized, tvm_target, fixed.shapes, library_path)
+            artifact = backend.compile(optimized, tvm_target, compile_shapes, library_path)
         with timer.measure("validate"):
             runner = backend.load(library_path, optimized)  # from disk, never the in-memory executable
             actual = runner.run(inputs)
@@ -300,7 +336,7 @@ def _compile_into(request: CompileRequest, target, backend, passes, staging: Pat
     if len(actual) != len(expected):
         raise ValidationFailed(f"artifact returned {len(actual)} outputs, the reference {len(expected)}")
     outputs = [
-        validate.compare(name, np.asarray(got), want, request.precision)
+        validate.compare(name, np.asarray(got), want, request.precision, request.min_sqnr_db)
         for name, got, want in zip(output_names, actual, expected)
     ]
     passed = all(output.passed for output in outputs)
@@ -313,7 +349,8 @@ def _compile_into(request: CompileRequest, target, backend, passes, staging: Pat
             "optimized_sha256": ir.content_hash(optimized),
             "opset": ir.opset_version(original),
             "optimized_opset": ir.opset_version(optimized),
-            "input_shapes": {name: list(shape) for name, shape in fixed.shapes.items()},
+            "input_shapes": {name: list(shape) for name, shape in compile_shapes.items()},
+            "const_inputs": {name: array.tolist() for name, array in constants.items()},
             "assumed_dims": fixed.assumed,
             "stats_before": stats_before.as_dict(),
             "stats_after": stats_after.as_dict(),
@@ -327,6 +364,8 @@ def _compile_into(request: CompileRequest, target, backend, passes, staging: Pat
         "pipeline": format_pipeline(passes),
         "passes": [record.as_dict() for record in records],
         "notes": list(ctx.notes),
+        "explanations": list(ctx.explanations),
+        "lossy_rewrites": list(ctx.lossy_rewrites),
         "validation": {
             "passed": passed,
             "precision": request.precision,

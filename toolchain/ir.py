@@ -21,7 +21,7 @@ import networkx as nx
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 from mcc.toolchain.errors import ModelError, UsageError
 
@@ -248,6 +248,57 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
             )
         dims.append(int(part))
     return name, tuple(dims)
+
+
+def parse_const_input(text: str) -> tuple[str, list[float]]:
+    """Parse `NAME=VALUE` or `NAME=V1,V2,...` (`--const-input`)."""
+    name, sep, values_text = text.partition("=")
+    if not sep or not name or not values_text:
+        raise UsageError(f"malformed --const-input '{text}': expected NAME=VALUE or NAME=V1,V2,..., e.g. sr=16000")
+    values = []
+    for part in values_text.split(","):
+        try:
+            values.append(float(part))
+        except ValueError:
+            raise UsageError(f"malformed --const-input '{text}': '{part}' is not a number") from None
+    return name, values
+
+
+def specialize_inputs(model: onnx.ModelProto, values: dict[str, list[float]]) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Turn the named graph inputs into constants (`--const-input`), so conditions on them fold.
+
+    A single value fills the input's declared shape (which must then be static, or a scalar);
+    a list must match the declared element count. Returns the model and the constants as arrays
+    of the input's dtype (the original model is run with them as ordinary inputs).
+    """
+    model_inputs = {value.name: value for value in graph_inputs(model)}
+    arrays: dict[str, np.ndarray] = {}
+    for name, numbers in values.items():
+        if name not in model_inputs:
+            raise UsageError(f"--const-input names unknown input '{name}'; the model's inputs are: "
+                             f"{', '.join(model_inputs)}")
+        tensor_type = model_inputs[name].type.tensor_type
+        dtype = tensor_dtype(tensor_type.elem_type)
+        dims = input_dims(model_inputs[name]) if tensor_type.HasField("shape") else None
+        shape = static_shape(dims) if dims is not None else (() if len(numbers) == 1 else (len(numbers),))
+        if shape is None:
+            raise UsageError(f"--const-input {name}: the input's shape {_dims_text(dims)} is not static; "
+                             f"fix it with --input-shape first")
+        size = int(np.prod(shape)) if shape else 1
+        if len(numbers) not in (1, size):
+            raise UsageError(f"--const-input {name}: {len(numbers)} values given, the input has {size}")
+        array = np.array(numbers, dtype=np.float64)
+        if dtype.kind in "iub" and np.any(array != np.round(array)):
+            raise UsageError(f"--const-input {name}: the input is {dtype.name}, the values are not integers")
+        arrays[name] = np.broadcast_to(array, (size,)).reshape(shape).astype(dtype)
+    specialized = onnx.ModelProto()
+    specialized.CopyFrom(model)
+    kept = [value for value in specialized.graph.input if value.name not in arrays]
+    del specialized.graph.input[:]
+    specialized.graph.input.extend(kept)
+    for name, array in arrays.items():
+        specialized.graph.initializer.append(numpy_helper.from_array(array, name))
+    return specialized, arrays
 
 
 @dataclass(frozen=True)

@@ -154,12 +154,21 @@ class PassContext:
     analyses: AnalysisManager = field(default_factory=AnalysisManager)
     #: remarks passes make for the report (what they skipped and why)
     notes: list[str] = field(default_factory=list)
+    #: why the rules named in the `explain` config key did or did not fire (rewrite passes)
+    explanations: list[str] = field(default_factory=list)
+    #: the ops the target's backend can compile (None: no target, so no op is known to be missing)
+    supported_ops: frozenset[str] | None = None
+    #: approximations applied (lossy rewrite rules), for the report
+    lossy_rewrites: list[str] = field(default_factory=list)
 
-    CONFIG_KEYS: ClassVar[dict[str, type]] = {"dump-dir": str, "bisect-limit": int}
+    CONFIG_KEYS: ClassVar[dict[str, type]] = {"dump-dir": str, "bisect-limit": int, "explain": str, "allow-lossy": bool}
 
     def note(self, text: str) -> None:
         if text not in self.notes:
             self.notes.append(text)
+
+    def explain(self, text: str) -> None:
+        self.explanations.append(text)
 
     def with_config(self, **values: Any) -> "PassContext":
         for key, value in values.items():
@@ -237,14 +246,37 @@ class PassManager:
         for index, pass_ in enumerate(self.passes):
             if pass_.name in ctx.disabled or (limit is not None and index >= limit):
                 continue
-            if pass_.requires_static_shapes and not has_static_inputs(model):
-                raise PreconditionError(pass_.name, "needs static input shapes (fix them with --input-shape)")
-            if pass_.min_opset is not None and ir.opset_version(model) < pass_.min_opset:
-                from mcc.passes.upgrade_opset import UpgradeOpset
-
-                model = self._run_one(UpgradeOpset(version=pass_.min_opset), model, records)
-            model = self._run_one(pass_, model, records)
+            if isinstance(pass_, FixedPoint):
+                model = self._run_fixed_point(pass_, model, records)
+            else:
+                model = self._run_checked(pass_, model, records)
         return model, records
+
+    def _run_checked(self, pass_: Pass, model: onnx.ModelProto, records: list[PassRecord]) -> onnx.ModelProto:
+        if pass_.requires_static_shapes and not has_static_inputs(model):
+            raise PreconditionError(pass_.name, "needs static input shapes (fix them with --input-shape)")
+        if pass_.min_opset is not None and ir.opset_version(model) < pass_.min_opset:
+            from mcc.passes.upgrade_opset import UpgradeOpset
+
+            model = self._run_one(UpgradeOpset(version=pass_.min_opset), model, records)
+        return self._run_one(pass_, model, records)
+
+    def _run_fixed_point(self, group: "FixedPoint", model: onnx.ModelProto, records: list[PassRecord]) -> onnx.ModelProto:
+        """Run the group's passes in order, again and again, until a round changes nothing."""
+        for _ in range(group.max_iterations):
+            start = len(records)
+            for pass_ in group.passes:
+                if pass_.name in self.ctx.disabled:
+                    continue
+                if isinstance(pass_, FixedPoint):
+                    model = self._run_fixed_point(pass_, model, records)
+                else:
+                    model = self._run_checked(pass_, model, records)
+            if not any(record.modified for record in records[start:]):
+                return model
+        self.ctx.note(f"fixed-point group '{group.to_text()}' still changed the model after "
+                      f"{group.max_iterations} rounds")
+        return model
 
     def _run_one(self, pass_: Pass, model: onnx.ModelProto, records: list[PassRecord]) -> onnx.ModelProto:
         ctx = self.ctx
@@ -275,6 +307,30 @@ class PassManager:
         after = ctx.analyses.get(model_stats, result.model)
         records.append(PassRecord(pass_.name, pass_.to_text(), result.modified, seconds, before, after))
         return result.model
+
+
+@dataclass(frozen=True)
+class FixedPoint(Pass):
+    """Run a group of passes repeatedly until a whole round changes nothing (text: `fixed-point(a,b)`)."""
+
+    name: ClassVar[str] = "fixed-point"
+    max_iterations: int = 4
+    #: the group, set by the pipeline parser (`fixed-point{max-iterations=N}(pass,pass,...)`)
+    passes: tuple = field(default=(), init=False)
+
+    @classmethod
+    def of(cls, passes, max_iterations: int = 4) -> "FixedPoint":
+        group = cls(max_iterations=max_iterations)
+        object.__setattr__(group, "passes", tuple(passes))
+        return group
+
+    def __post_init__(self) -> None:
+        if self.max_iterations < 1:
+            raise ValueError("max-iterations must be at least 1")
+
+    def run(self, model: onnx.ModelProto, ctx: "PassContext") -> PassResult:
+        result, records = PassManager([self], ctx).run(model)
+        return PassResult(result, any(record.modified for record in records))
 
 
 class DumpAfterChange:

@@ -2,8 +2,11 @@
 
 Grammar:
     pipeline := item ("," item)*        (empty text = no passes)
-    item     := NAME ["{" option ("," option)* "}"]
+    item     := NAME ["{" option ("," option)* "}"] ["(" pipeline ")"]
     option   := KEY "=" VALUE            (KEY in kebab-case; VALUE: true/false, int, float, word)
+
+Only `fixed-point` takes a parenthesised pipeline: its passes run again and again until a round
+changes nothing (at most `max-iterations` rounds).
 
 A NAME is a pass name or a named pipeline (`default`, `none`, ...), which expands in place.
 `format_pipeline(parse_pipeline(text))` is canonical: named pipelines expanded, only options that
@@ -24,14 +27,37 @@ from mcc.toolchain.passmanager import Pass, option_type
 #: Named pipelines expand to pipeline text. `default` runs when `--passes` is not given.
 NAMED_PIPELINES: dict[str, str] = {
     "default": (
-        # fold first: a Dropout's training_mode or a Reshape's shape may be computed from constants
-        "inline-initializer-inputs,fold-constants,eliminate-identity,"
-        "fuse-conv-bn,eliminate-dead-nodes"
+        # Fold first: a Dropout's training_mode, a Reshape's shape or an If's condition may be
+        # computed from constants (an inlined If branch may fold further, hence the loop).
+        # cse before fusion, so repeated subgraphs fuse once; the fusions, chain merges and
+        # activation recognition enable each other (a Pad folded into a Conv lets BN fold, a merged
+        # Reshape exposes a MatMul + Add), so they loop to a fixed point; eliminate-identity removes
+        # what the rewrites marked as no-ops. decompose-unsupported only touches ops the target lacks
+        # and recognize-activations only builds ops it has, so the two never undo each other.
+        "inline-initializer-inputs,fixed-point(fold-constants,fold-constant-if),substitute-recurrent,"
+        "eliminate-identity,cse,"
+        "decompose-unsupported,"
+        "fixed-point(fuse-conv-bn,fold-conv-affine,fuse-gemm,fold-pad,simplify-chains,remove-noops,recognize-activations,"
+        "eliminate-identity),eliminate-dead-nodes"
     ),
     "none": "",
 }
 
-_ITEM = re.compile(r"\s*([A-Za-z0-9_.-]+)\s*(\{[^{}]*\})?\s*(?:,|$)")
+_ITEM = re.compile(r"\s*([A-Za-z0-9_.-]+)\s*(\{[^{}]*\})?\s*")
+_SEPARATOR = re.compile(r"\s*(?:,|$)")
+
+
+def _group_end(text: str, start: int) -> int:
+    """Index of the ')' closing the '(' at `start`."""
+    depth = 0
+    for index in range(start, len(text)):
+        if text[index] == "(":
+            depth += 1
+        elif text[index] == ")":
+            depth -= 1
+            if depth == 0:
+                return index
+    raise UsageError(f"malformed pipeline text: '(' at column {start + 1} is never closed")
 
 
 def _registry() -> dict[str, type[Pass]]:
@@ -98,6 +124,16 @@ def parse_pipeline(text: str, registry: dict[str, type[Pass]] | None = None) -> 
             raise UsageError(f"malformed pipeline text at column {position + 1}: '{text[position:]}'")
         name, braces = match.group(1), match.group(2)
         position = match.end()
+        group_text = None
+        if position < len(text) and text[position] == "(":
+            end = _group_end(text, position)
+            group_text, position = text[position + 1:end], end + 1
+            if name != "fixed-point":
+                raise UsageError(f"pass '{name}' takes no pass list; only fixed-point(...) does")
+        separator = _SEPARATOR.match(text, position)
+        if separator is None or (separator.end() == position and position < len(text)):
+            raise UsageError(f"malformed pipeline text at column {position + 1}: '{text[position:]}'")
+        position = separator.end()
         if name in NAMED_PIPELINES and name not in registry:
             if braces:
                 raise UsageError(f"named pipeline '{name}' takes no options")
@@ -117,9 +153,12 @@ def parse_pipeline(text: str, registry: dict[str, type[Pass]] | None = None) -> 
                 field_name, value = _convert(pass_cls, key.strip(), raw.strip())
                 options[field_name] = value
         try:
-            passes.append(pass_cls(**options))
+            instance = pass_cls(**options)
         except (TypeError, ValueError) as exc:
             raise UsageError(f"pass '{name}': {exc}") from None
+        if name == "fixed-point":
+            instance = pass_cls.of(parse_pipeline(group_text or "", registry), instance.max_iterations)
+        passes.append(instance)
     if text.endswith(","):
         raise UsageError("malformed pipeline text: trailing ','")
     return passes
@@ -132,11 +171,12 @@ def _format_value(value) -> str:
 
 
 def format_pass(pass_: Pass) -> str:
-    options = pass_.non_default_options()
+    options = {key: value for key, value in pass_.non_default_options().items() if key != "passes"}
+    group = f"({format_pipeline(list(pass_.passes))})" if pass_.name == "fixed-point" else ""
     if not options:
-        return pass_.name
+        return pass_.name + group
     body = ",".join(f"{key.replace('_', '-')}={_format_value(value)}" for key, value in options.items())
-    return f"{pass_.name}{{{body}}}"
+    return f"{pass_.name}{{{body}}}{group}"
 
 
 def format_pipeline(passes: list[Pass]) -> str:

@@ -139,8 +139,14 @@ def load_inputs(path: str | Path, model: onnx.ModelProto, shapes: dict[str, tupl
     return inputs
 
 
-def compare(name: str, candidate: np.ndarray, reference: np.ndarray, precision: str = "fp32") -> OutputReport:
-    """Metrics and verdict for one output."""
+def compare(name: str, candidate: np.ndarray, reference: np.ndarray, precision: str = "fp32",
+            min_sqnr_db: float | None = None) -> OutputReport:
+    """Metrics and verdict for one output.
+
+    With `min_sqnr_db` (the user's accuracy budget, `--min-sqnr-db`) a float output passes when its
+    SQNR reaches the budget and NaN/Inf sit where the reference has them, instead of meeting the
+    precision's tolerance set.
+    """
     label, tol = tolerance_for(precision, reference.dtype)
     shape = list(reference.shape)
     if candidate.shape != reference.shape:
@@ -172,6 +178,12 @@ def compare(name: str, candidate: np.ndarray, reference: np.ndarray, precision: 
     if exact:
         label = "exact"
         passed, reason = max_abs == 0.0 and same_nonfinite, "" if max_abs == 0.0 else "integer output differs"
+    elif min_sqnr_db is not None:
+        label = f"budget: SQNR >= {min_sqnr_db:g} dB"
+        reasons = [] if same_nonfinite else ["NaN/Inf positions differ"]
+        if sqnr is not None and sqnr < min_sqnr_db:
+            reasons.append(f"SQNR {sqnr:.1f} dB < the budget {min_sqnr_db:g} dB")
+        passed, reason = not reasons, "; ".join(reasons)
     else:
         scale = float(np.abs(ref_f).max()) if ref_f.size else 0.0
         reasons = []

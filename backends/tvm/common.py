@@ -22,9 +22,10 @@ def frontend_ops() -> frozenset[str]:
     return frozenset(onnx_frontend._get_convert_map()) | SPECIAL_OPS
 
 
-def unsupported_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """Nodes TVM cannot import: op not converted, or a non-standard domain it would mis-map."""
-    supported = frontend_ops()
+def unsupported_nodes(model: onnx.ModelProto, supported: frozenset[str] | None = None) -> list[onnx.NodeProto]:
+    """Nodes TVM cannot import (op not in `supported`, by default every op the frontend converts),
+    or in a non-standard domain it would mis-map."""
+    supported = frontend_ops() if supported is None else supported
     return [
         node
         for node in model.graph.node

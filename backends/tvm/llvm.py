@@ -21,8 +21,11 @@ class TvmLlvmBackend:
     min_opset = 13
     library_suffix = ".so"
 
-    def unsupported_nodes(self, model: onnx.ModelProto) -> list[onnx.NodeProto]:
-        return common.unsupported_nodes(model)
+    def supported_ops(self) -> frozenset[str]:
+        return common.frontend_ops()
+
+    def unsupported_nodes(self, model: onnx.ModelProto, excluded: frozenset[str] = frozenset()) -> list[onnx.NodeProto]:
+        return common.unsupported_nodes(model, common.frontend_ops() - excluded)
 
     def compile(self, model: onnx.ModelProto, target, input_shapes: dict, library_path: Path) -> CompiledArtifact:
         import tvm

@@ -71,6 +71,8 @@ class FuseConvBatchNorm(Pass):
         import onnx_graphsurgeon as gs
 
         graph = ir.to_graphsurgeon(model)
+        # Dead readers must not block a fold: the export below removes them, so the next run would fold.
+        graph.cleanup(remove_unused_graph_inputs=False)
         taken = set(graph.tensors())
         folded = 0
         for bn in list(graph.nodes):

@@ -50,13 +50,15 @@ def test_unknown_backend_is_a_usage_error():
         get_backend("tensorrt")
 
 
-def lstm_model() -> bytes:
+def lstm_model(second_op: str = "Relu") -> bytes:
+    """An LSTM with an activation substitute-recurrent cannot unroll (Softsign), then `second_op`."""
     hidden, inputs, seq = 4, 3, 5
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.normal(size=(1, 4 * hidden, inputs)).astype(np.float32), "W"),
              numpy_helper.from_array(rng.normal(size=(1, 4 * hidden, hidden)).astype(np.float32), "R")]
-    nodes = [helper.make_node("LSTM", ["x", "W", "R"], ["y"], name="encoder/lstm", hidden_size=hidden),
-             helper.make_node("Relu", ["y"], ["out"], name="relu")]
+    nodes = [helper.make_node("LSTM", ["x", "W", "R"], ["y"], name="encoder/lstm", hidden_size=hidden,
+                              activations=["Sigmoid", "Softsign", "Tanh"]),
+             helper.make_node(second_op, ["y"], ["out"], name="act")]
     graph = helper.make_graph(nodes, "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq, 1, inputs])],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, [seq, 1, 1, hidden])],
                               initializer=inits)
@@ -68,10 +70,23 @@ def test_unsupported_op_stops_with_one_line_naming_op_node_target(tmp_path, run_
     path.write_bytes(lstm_model())
     result = run_mcc("compile", path, "-o", tmp_path / "out")
     assert result.returncode == 5
-    assert result.stderr.strip() == (
-        "mcc: unsupported: op 'LSTM' at node 'encoder/lstm' is not supported by backend tvm-llvm for target 'host'"
+    assert result.stderr.strip().startswith(
+        "mcc: unsupported: op 'LSTM' at node 'encoder/lstm' is not supported by backend tvm-llvm for target 'host'; "
+        "no substitution applies (unroll-lstm: "
     )
+    assert "Softsign" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_several_unsupported_nodes_are_all_named(tmp_path, run_mcc):
+    path = tmp_path / "lstm_celu.onnx"
+    path.write_bytes(lstm_model(second_op="Celu"))
+    result = run_mcc("compile", path, "-o", tmp_path / "out")
+    assert result.returncode == 5
+    assert result.stderr.strip().startswith(
+        "mcc: unsupported: op 'LSTM' at node 'encoder/lstm' is not supported by backend tvm-llvm for target 'host' "
+        "(and 1 more node(s): 'Celu' at 'act'); no substitution applies (unroll-lstm: "
+    )
 
 
 def test_contrib_domain_op_is_not_silently_mis_mapped(tmp_path, run_mcc):

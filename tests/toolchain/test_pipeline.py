@@ -1,3 +1,4 @@
+import re
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -151,7 +152,7 @@ def test_analysis_cache_invalidated_only_on_change():
 
 
 def test_unknown_context_config_key_is_rejected():
-    with pytest.raises(UsageError, match="candidates are: bisect-limit, dump-dir"):
+    with pytest.raises(UsageError, match="candidates are: allow-lossy, bisect-limit, dump-dir, explain"):
         PassContext().with_config(dump_directory="x")
 
 
@@ -187,3 +188,47 @@ def test_dump_dir_config_writes_the_model_after_each_change(tmp_path):
     ctx = PassContext().with_config(dump_dir=str(tmp_path / "dumps"))
     PassManager(parse_pipeline("eliminate-identity,eliminate-dead-nodes"), ctx).run(model)
     assert [p.name for p in sorted((tmp_path / "dumps").iterdir())] == ["01-eliminate-identity.onnx"]
+
+
+def test_fixed_point_groups_parse_print_and_loop_until_nothing_changes():
+    from mcc.toolchain.passmanager import FixedPoint, PassManager
+
+    text = "fixed-point{max-iterations=3}(fold-constants,fold-constant-if),cse"
+    passes = parse_pipeline(text)
+    assert isinstance(passes[0], FixedPoint) and [p.name for p in passes[0].passes] == ["fold-constants",
+                                                                                        "fold-constant-if"]
+    assert format_pipeline(passes) == text and parse_pipeline(format_pipeline(passes)) == passes
+    model = parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2] x) => (float[2] y) <float[2] a = {1, 2}> {
+        b = Neg(a)
+        y = Add(x, b)
+    }
+    """)
+    _, records = PassManager(passes).run(model)
+    # round 1 folds Neg, round 2 changes nothing: the group stops there
+    assert [(r.name, r.modified) for r in records] == [("fold-constants", True), ("fold-constant-if", False),
+                                                      ("fold-constants", False), ("fold-constant-if", False),
+                                                      ("cse", False)]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("cse(fold-constants)", "pass 'cse' takes no pass list; only fixed-point(...) does"),
+    ("fixed-point(cse", "'(' at column 12 is never closed"),
+    ("fixed-point{max-iterations=0}(cse)", "max-iterations must be at least 1"),
+    ("fixed-point(cse)x", "malformed pipeline text at column 17"),
+])
+def test_fixed_point_errors(text, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        parse_pipeline(text)
+
+
+def test_readme_states_the_default_pipeline_and_lists_every_builtin_pass():
+    from pathlib import Path
+
+    from mcc.toolchain.registry import builtin_passes
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert f"`default` is `{NAMED_PIPELINES['default']}`." in readme
+    for cls in builtin_passes():
+        assert f"| `{cls.name}` |" in readme, f"README's pass table lacks {cls.name}"

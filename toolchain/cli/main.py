@@ -12,8 +12,9 @@ from pathlib import Path
 import click
 
 from mcc.toolchain.errors import EXIT_INTERNAL, EXIT_USAGE, MccError, PassError
+from mcc.toolchain.cli.debug import debug_command
 from mcc.toolchain.cli.hardware import calibrate_command, estimate_command, targets_command
-from mcc.toolchain.cli.options import input_shape_option
+from mcc.toolchain.cli.options import const_input_option, input_shape_option
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,13 +29,20 @@ def cli() -> None:
 @click.option("--output", "-o", "output_dir", type=click.Path(path_type=Path), help="Output directory [default: ./<model>.<target>.mcc].")
 @click.option("--passes", "passes", default=None, help='Pipeline text, e.g. "fold-constants,fuse-conv-bn" [default: the "default" pipeline].')
 @input_shape_option
+@const_input_option
 @click.option("--inputs", "inputs_path", type=click.Path(path_type=Path), help="Validation inputs as .npz (one array per input name).")
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32"]), help="Compute precision.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random validation inputs.")
 @click.option("--verify-each", is_flag=True, help="Run onnx.checker and strict shape inference after every pass.")
 @click.option("--dump-dir", type=click.Path(path_type=Path), help="Write the model after every pass that changed it.")
+@click.option("--min-sqnr-db", type=float, default=None, metavar="DB",
+              help="Accuracy budget: outputs must keep this SQNR vs onnxruntime; lets approximations replace ops the "
+                   "target lacks (listed in the report).")
+@click.option("--explain", "explain", multiple=True, metavar="RULE",
+              help="Say where rewrite rule RULE fired and why it did not elsewhere (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the summary.")
-def compile_command(model, target, output_dir, passes, input_shapes, inputs_path, precision, seed, verify_each, dump_dir, as_json):
+def compile_command(model, target, output_dir, passes, input_shapes, const_inputs, inputs_path, precision, seed,
+                    verify_each, dump_dir, min_sqnr_db, explain, as_json):
     """Optimize MODEL, compile it for TARGET, and validate the artifact against onnxruntime."""
     from mcc.toolchain.cli.summary import print_compile_summary
     from mcc.toolchain.driver import CompileRequest, compile_model
@@ -42,8 +50,8 @@ def compile_command(model, target, output_dir, passes, input_shapes, inputs_path
 
     request = CompileRequest(
         model_path=model, target=target, output_dir=output_dir, passes=passes,
-        input_shapes=dict(input_shapes), inputs_path=inputs_path, precision=precision, seed=seed,
-        verify_each=verify_each, dump_dir=dump_dir,
+        input_shapes=dict(input_shapes), const_inputs=dict(const_inputs), inputs_path=inputs_path, precision=precision, seed=seed,
+        verify_each=verify_each, dump_dir=dump_dir, explain=tuple(explain), min_sqnr_db=min_sqnr_db,
     )
     _CURRENT_REQUEST.append(request)
     outcome = compile_model(request)
@@ -64,7 +72,7 @@ def compile_command(model, target, output_dir, passes, input_shapes, inputs_path
 @cli.command("passes")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def passes_command(as_json):
-    """List every pass with its options and one-line doc, and the named pipelines."""
+    """List every pass with its options, rewrite rules and one-line doc, and the named pipelines."""
     import dataclasses
     import json
 
@@ -80,7 +88,9 @@ def passes_command(as_json):
             {"name": f.name.replace("_", "-"), "type": option_type(cls, f).__name__, "default": f.default}
             for f in dataclasses.fields(cls) if f.init
         ]
-        listing.append({"name": name, "summary": cls.summary(), "options": options, "origin": entries[name].origin})
+        rules = [{"name": rule.name, "summary": rule.summary(), "lossy": rule.lossy} for rule in getattr(cls, "rules", ())]
+        listing.append({"name": name, "summary": cls.summary(), "options": options, "rules": rules,
+                        "origin": entries[name].origin})
     if as_json:
         click.echo(json.dumps({"passes": listing, "pipelines": NAMED_PIPELINES,
                                "plugin_errors": [str(e) for e in plugin_errors()]}, indent=2))
@@ -91,6 +101,9 @@ def passes_command(as_json):
         for option in item["options"]:
             default = str(option["default"]).lower() if isinstance(option["default"], bool) else option["default"]
             click.echo(f"    {option['name']}={option['type']} (default {default})")
+        for rule in item["rules"]:
+            lossy = "  [lossy]" if rule["lossy"] else ""
+            click.echo(f"    rule {rule['name']:<30} {rule['summary']}{lossy}")
     click.echo("\nNamed pipelines:")
     for name, text in NAMED_PIPELINES.items():
         click.echo(f"  {name:<10} {text or '(no passes)'}")
@@ -101,6 +114,7 @@ def passes_command(as_json):
 cli.add_command(estimate_command)
 cli.add_command(targets_command)
 cli.add_command(calibrate_command)
+cli.add_command(debug_command)
 
 
 _CURRENT_REQUEST: list = []

@@ -32,3 +32,28 @@ input_shape_option = click.option(
     metavar="NAME=DIMS",
     help="Fix an input's shape, e.g. data=1x3x224x224 (repeatable).",
 )
+
+
+def _parse_const_inputs(ctx, param, values):
+    from mcc.toolchain.ir import parse_const_input
+
+    parsed = {}
+    for text in values:
+        try:
+            name, numbers = parse_const_input(text)
+        except UsageError as exc:
+            raise click.BadParameter(str(exc)) from None
+        if name in parsed:
+            raise click.BadParameter(f"input '{name}' is given twice")
+        parsed[name] = numbers
+    return parsed
+
+
+const_input_option = click.option(
+    "--const-input",
+    "const_inputs",
+    multiple=True,
+    callback=_parse_const_inputs,
+    metavar="NAME=VALUE",
+    help="Specialise an input to a constant, e.g. sr=16000, so conditions on it fold (repeatable).",
+)

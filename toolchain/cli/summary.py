@@ -49,5 +49,9 @@ def print_compile_summary(report: dict, model_path) -> None:
         )
     for note in report.get("notes", []):
         click.echo(f"  note: {note}")
+    for line in report.get("explanations", []):
+        click.echo(f"  explain: {line}")
+    for line in report.get("lossy_rewrites", []):
+        click.echo(f"  lossy: {line} (its error is part of the validation above)")
     artifacts = report["artifacts"]
     click.echo(f"  artifacts  {artifacts['library']}, {artifacts['model']}, {artifacts['report']}")

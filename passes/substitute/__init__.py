@@ -1,0 +1,1 @@
+"""Substitutions: ops the target cannot run, rewritten into equivalent ops it can."""

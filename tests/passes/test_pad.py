@@ -1,0 +1,89 @@
+"""fold-pad: explicit zero Pads folded into Conv and AveragePool."""
+
+import pytest
+
+from mcc.passes.fusion.pad import FoldPad
+from mcc.toolchain.passmanager import PassContext
+from tests.conftest import assert_same_function, op_types, parse_model, run_pass
+from tests.passes.golden import assert_golden
+
+CONV = """
+<ir_version: 8, opset_import: ["" : {opset}]>
+g (float[1, 3, 7, 7] x) => (float[1, 4, {out}, {out}] y)
+  <float[4, 3, 3, 3] w = {{{weights}}}, int64[8] pads = {{{pads}}}>
+{{
+    p = Pad<mode = "{mode}">(x, pads)
+    y = Conv<pads = [1, 0, 0, 1]>(p, w)
+}}
+"""
+
+
+def conv_model(pads="0,0,1,2,0,0,2,1", mode="constant", out=None, opset=17):
+    values = ",".join(str((i % 7) / 7 - 0.5) for i in range(108))
+    p = [int(v) for v in pads.split(",")]
+    out = out or 7 + p[2] + p[6] + 1 - 2  # H: 7 + pad_top + pad_bottom + conv pads (1 + 0) - 2
+    return parse_model(CONV.format(opset=opset, out=out, weights=values, pads=pads, mode=mode))
+
+
+def test_pad_folds_into_conv_pads():
+    model = conv_model()
+    result = run_pass(FoldPad(), model)
+    assert op_types(result.model) == ["Conv"]
+    assert_same_function(model, result.model, atol=1e-5)
+    assert not run_pass(FoldPad(), result.model).modified
+    assert_golden("fold_pad", result.model)
+
+
+@pytest.mark.parametrize("pads, mode, reason", [
+    ("0,1,1,1,0,0,1,1", "constant", "the Pad pads the batch or channel axis"),
+    ("0,0,1,1,0,0,1,1", "reflect", "the Pad mode is reflect, not constant"),
+    ("0,0,-1,0,0,0,0,0", "constant", "the Pad crops (negative pads)"),
+])
+def test_must_not_fire(pads, mode, reason):
+    p = [int(v) for v in pads.split(",")]
+    channels_padded = p[1] + p[5]
+    model_text = CONV.format(opset=17, out=7 + p[2] + p[6] - 1, pads=pads, mode=mode,
+                             weights=",".join("0.1" for _ in range(4 * (3 + channels_padded) * 9)))
+    model_text = model_text.replace("float[4, 3, 3, 3] w", f"float[4, {3 + channels_padded}, 3, 3] w")
+    model = parse_model(model_text)
+    ctx = PassContext().with_config(explain="fold-pad-into-conv")
+    assert not FoldPad().run(model, ctx).modified
+    assert ctx.explanations == [f"fold-pad: fold-pad-into-conv at '': {reason}"] or \
+        ctx.explanations[0].endswith(reason)
+
+
+AVGPOOL = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1, 2, 6, 6] x) => (float[1, 2, 3, 3] y) <int64[8] pads = {0, 0, 1, 1, 0, 0, 1, 1}> {
+    p = Pad(x, pads)
+    y = AveragePool<kernel_shape = [3, 3], strides = [2, 2], count_include_pad = COUNT>(p)
+}
+"""
+
+
+def test_pad_folds_into_averagepool_only_when_it_counts_padding():
+    model = parse_model(AVGPOOL.replace("COUNT", "1"))
+    result = run_pass(FoldPad(), model)
+    assert op_types(result.model) == ["AveragePool"]
+    assert_same_function(model, result.model)
+    assert not run_pass(FoldPad(), parse_model(AVGPOOL.replace("COUNT", "0"))).modified
+
+
+MAXPOOL = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1, 2, 6, 6] x) => (float[1, 2, 3, 3] y) <int64[8] pads = {0, 0, 1, 1, 0, 0, 1, 1}> {
+    r = PRODUCER(x)
+    p = Pad(r, pads)
+    y = MaxPool<kernel_shape = [3, 3], strides = [2, 2]>(p)
+}
+"""
+
+
+def test_pad_folds_into_maxpool_only_after_a_non_negative_producer():
+    model = parse_model(MAXPOOL.replace("PRODUCER", "Relu"))
+    result = run_pass(FoldPad(), model)
+    assert op_types(result.model) == ["Relu", "MaxPool"]
+    assert_same_function(model, result.model)
+    ctx = PassContext().with_config(explain="fold-pad-into-maxpool")
+    assert not FoldPad().run(parse_model(MAXPOOL.replace("PRODUCER", "Tanh")), ctx).modified
+    assert ctx.explanations[0].endswith("the padded tensor may be negative (it does not come from Relu, Sigmoid, ...)")
