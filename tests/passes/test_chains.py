@@ -83,3 +83,16 @@ def test_only_exact_cast_chains_merge():
 def test_idempotent(text):
     after = _simplify(parse_model(text))
     assert not run_pass(SimplifyChains(), after).modified
+
+
+def test_casts_to_types_numpy_lacks_are_left_alone():
+    model = parse_model("""
+    <ir_version: 9, opset_import: ["" : 17]>
+    g (float[4] x) => (float[4] y) {
+        b = Cast<to = 16>(x)
+        y = Cast<to = 1>(b)
+    }
+    """)
+    ctx = PassContext().with_config(explain="merge-casts,remove-noop-cast")
+    assert not SimplifyChains().run(model, ctx).modified  # float -> bfloat16 -> float rounds: it must stay
+    assert any("not numpy types, like bfloat16" in line for line in ctx.explanations)

@@ -63,6 +63,9 @@ def test_const_input_errors():
         ir.specialize_inputs(model, {"sr": [16000.5]})
     with pytest.raises(UsageError, match="3 values given, the input has 1"):
         ir.specialize_inputs(model, {"sr": [1, 2, 3]})
+    with pytest.raises(UsageError, match="outside int64's range"):
+        ir.specialize_inputs(model, {"sr": [2**63]})
+    assert ir.specialize_inputs(model, {"sr": [2**63 - 1]})[1]["sr"] == 2**63 - 1  # exact, not through a float
 
 
 def test_compile_with_const_input_through_the_console_script(run_mcc, tmp_path):
