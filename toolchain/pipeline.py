@@ -32,13 +32,14 @@ NAMED_PIPELINES: dict[str, str] = {
         # cse before fusion, so repeated subgraphs fuse once; the fusions, chain merges and
         # activation recognition enable each other (a Pad folded into a Conv lets BN fold, a merged
         # Reshape exposes a MatMul + Add), so they loop to a fixed point; eliminate-identity removes
-        # what the rewrites marked as no-ops. decompose-unsupported only touches ops the target lacks
+        # what the rewrites marked as no-ops, and cse merges the equal activations that
+        # recognize-activations made of differently written copies. decompose-unsupported only touches ops the target lacks
         # and recognize-activations only builds ops it has, so the two never undo each other.
         "inline-initializer-inputs,fixed-point(fold-constants,fold-constant-if),substitute-recurrent,"
         "eliminate-identity,cse,"
         "decompose-unsupported,"
         "fixed-point(fuse-conv-bn,fold-conv-affine,fuse-gemm,fold-pad,simplify-chains,remove-noops,recognize-activations,"
-        "eliminate-identity),eliminate-dead-nodes"
+        "eliminate-identity,cse),eliminate-dead-nodes"
     ),
     "none": "",
 }

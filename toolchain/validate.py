@@ -52,7 +52,12 @@ SIGNAL_FLOOR = 100.0
 
 def tolerance_for(precision: str, dtype: np.dtype) -> tuple[str, Tolerance]:
     """The tolerance set for a compile precision and an output dtype (the looser of the two)."""
-    by_dtype = "fp16" if dtype in (np.float16,) or dtype.name == "bfloat16" else "fp32"
+    if dtype.name.startswith(("float8", "float4")):
+        by_dtype = "int8"  # 2-3 mantissa bits: as coarse as int8 quantization
+    elif dtype in (np.float16,) or dtype.name == "bfloat16":
+        by_dtype = "fp16"
+    else:
+        by_dtype = "fp32"
     chosen = max(precision, by_dtype, key=_LOOSENESS.index)
     return chosen, TOLERANCES[chosen]
 
@@ -161,7 +166,7 @@ def compare(name: str, candidate: np.ndarray, reference: np.ndarray, precision: 
     cand = candidate.astype(np.float64)
     finite = np.isfinite(ref) & np.isfinite(cand)
     same_nonfinite = bool(np.all((np.isfinite(ref) == np.isfinite(cand)) & (finite | (ref == cand) | (np.isnan(ref) & np.isnan(cand)))))
-    diff = np.abs(cand - ref)[finite] if finite.any() else np.zeros(1)
+    diff = np.abs(cand[finite] - ref[finite]) if finite.any() else np.zeros(1)
     ref_f, cand_f = ref[finite], cand[finite]
     max_abs = float(diff.max()) if diff.size else 0.0
     max_rel = float((diff / (np.abs(ref_f) + tol.atol)).max()) if diff.size else 0.0
@@ -179,10 +184,14 @@ def compare(name: str, candidate: np.ndarray, reference: np.ndarray, precision: 
     else:
         sqnr = 10.0 * math.log10(signal / noise)
 
-    exact = not np.issubdtype(reference.dtype, np.floating)
+    # ml_dtypes' bfloat16/float8/float4 are floats numpy does not classify as floating
+    exact = not (np.issubdtype(reference.dtype, np.floating) or reference.dtype.name.startswith(("bfloat16", "float8",
+                                                                                                 "float4")))
     if exact:
         label = "exact"
-        passed, reason = max_abs == 0.0 and same_nonfinite, "" if max_abs == 0.0 else "integer output differs"
+        passed = max_abs == 0.0 and same_nonfinite
+        reason = "; ".join(([] if max_abs == 0.0 else ["integer output differs"])
+                           + ([] if same_nonfinite else ["NaN/Inf positions differ"]))
     elif min_sqnr_db is not None:
         label = f"budget: SQNR >= {min_sqnr_db:g} dB"
         reasons = [] if same_nonfinite else ["NaN/Inf positions differ"]

@@ -1,7 +1,7 @@
 """Common-subexpression elimination: one node per distinct computation, one initializer per distinct value.
 
 Two nodes are the same computation when they have the same domain, op type, attributes and
-(already deduplicated) inputs; the later one goes and its readers read the earlier one's outputs.
+(already deduplicated) inputs, in any order for commutative ops; the later one goes and its readers read the earlier one's outputs.
 Initializers with the same dtype, shape and bytes are merged the same way (exporters repeat
 scalars such as 1.0 and shapes such as [-1] hundreds of times). Left alone: nodes with subgraphs,
 random ops (each call draws new values), nodes whose outputs are graph outputs (their names are
@@ -18,6 +18,9 @@ import onnx
 from mcc.toolchain import ir
 from mcc.toolchain.passmanager import Pass, PassContext, PassResult
 
+#: ops whose result does not depend on the order of their (two or more) inputs
+COMMUTATIVE_OPS = {"Add", "Mul", "Max", "Min", "Sum", "Mean", "And", "Or", "Xor", "Equal", "BitwiseAnd", "BitwiseOr",
+                   "BitwiseXor"}
 RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli",
               "Dropout"}
 
@@ -75,7 +78,10 @@ class EliminateCommonSubexpressions(Pass):
                 keep_nodes.append(node)
                 continue
             attributes = tuple(sorted((a.name, a.SerializeToString()) for a in node.attribute))
-            key = (node.domain or "", node.op_type, tuple(node.input), attributes, len(node.output))
+            inputs = tuple(node.input)
+            if node.op_type in COMMUTATIVE_OPS and (node.domain or "") in ("", "ai.onnx"):
+                inputs = tuple(sorted(inputs))  # Add(a, b) is Add(b, a)
+            key = (node.domain or "", node.op_type, inputs, attributes, len(node.output))
             earlier = seen_nodes.get(key)
             if earlier is None:
                 seen_nodes[key] = node

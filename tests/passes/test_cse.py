@@ -52,3 +52,20 @@ def test_random_ops_are_not_merged():
     }
     """)
     assert not run_pass(EliminateCommonSubexpressions(), model).modified
+
+
+def test_commutative_ops_match_in_either_order():
+    model = parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2, 4] x, float[2, 4] z) => (float[2, 4] y) {
+        a = Add(x, z)
+        b = Add(z, x)
+        c = Sub(x, z)
+        d = Sub(z, x)
+        e = Mul(a, b)
+        y = Add(e, Mul(c, d))
+    }
+    """.replace("y = Add(e, Mul(c, d))", "f = Mul(c, d)\n        y = Add(e, f)"))
+    result = run_pass(EliminateCommonSubexpressions(), model)
+    assert op_types(result.model) == ["Add", "Sub", "Sub", "Mul", "Mul", "Add"]  # Sub is not commutative
+    assert_same_function(model, result.model)

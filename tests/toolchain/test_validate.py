@@ -67,3 +67,21 @@ def test_random_inputs_are_seeded_and_typed():
     assert a["x"].dtype == np.float32 and a["i"].dtype == np.int64 and a["b"].dtype == np.bool_
     assert a["x"].min() >= -1 and a["x"].max() < 1 and a["i"].min() >= 0
     assert not np.array_equal(random_inputs(model, shapes, seed=8)["x"], a["x"])
+
+
+def test_compare_edge_cases_found_by_the_onnx_node_sweep():
+    import ml_dtypes
+    import numpy as np
+
+    from mcc.toolchain.validate import compare
+
+    empty = compare("y", np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32))
+    assert empty.passed
+    wrong_dtype = compare("mask", np.ones(4, np.float32), np.ones(4, bool))
+    assert not wrong_dtype.passed and wrong_dtype.reason == "dtype float32 != reference bool"
+    nan = compare("i", np.array([1.0, np.nan]), np.array([1.0, 2.0]))
+    assert not nan.passed and "NaN/Inf positions differ" in nan.reason
+    reference = np.linspace(-2, 2, 64).astype(ml_dtypes.bfloat16)
+    close = (reference.astype(np.float32) + 0.004).astype(ml_dtypes.bfloat16)
+    bf16 = compare("b", close, reference)
+    assert bf16.tolerance == "fp16" and bf16.passed  # a float, judged with tolerances, not bit-exactly
