@@ -6,6 +6,7 @@ from mcc.passes.fusion.affine import FoldConvAffine
 from mcc.passes.fusion.conv_bn import FuseConvBatchNorm
 from mcc.passes.fusion.gemm import FuseGemm
 from mcc.passes.fusion.pad import FoldPad
+from mcc.passes.quantize.fp16 import ConvertFloat16
 from mcc.passes.simplify.chains import SimplifyChains
 from mcc.passes.simplify.noops import RemoveNoops
 from mcc.passes.substitute.decompose import DecomposeUnsupported
@@ -35,6 +36,7 @@ BUILTIN_PASSES = (
     SubstituteRecurrent,
     EliminateDeadNodes,
     UpgradeOpset,
+    ConvertFloat16,
     FixedPoint,
 )
 

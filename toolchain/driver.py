@@ -292,6 +292,11 @@ def _compile_into(request: CompileRequest, target, backend, passes, staging: Pat
 
             optimized, more = PassManager([UpgradeOpset(version=backend.min_opset)], ctx).run(optimized)
             records.extend(more)
+        if request.precision == "fp16":
+            from mcc.passes.quantize.fp16 import ConvertFloat16
+
+            optimized, more = PassManager([ConvertFloat16()], ctx).run(optimized)
+            records.extend(more)
     stats_after = model_stats(optimized)
 
     unsupported = backend.unsupported_nodes(optimized, excluded)
@@ -311,8 +316,8 @@ def _compile_into(request: CompileRequest, target, backend, passes, staging: Pat
         )
 
     with timer.measure("estimate"):
-        # Compilation keeps the model's own dtypes (precision conversion is a later pass), so the
-        # estimate does too.
+        # The optimized model carries the precision it will run at (convert-float16 for fp16), so
+        # the estimate reads the dtypes from it.
         estimate = _estimate_or_note(optimized, target, "native", ctx)
 
     # The reference runs first: inputs it cannot run on are reported before a long compile.

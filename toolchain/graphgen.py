@@ -49,6 +49,9 @@ FAVOURED_MOTIF_WEIGHT = 10  # a favoured motif is picked this many times as ofte
 #: below 1e-5. 1e-4 leaves a 10x margin while a wrong rewrite (a lost bias, a misplaced axis) is off
 #: by far more than that.
 FP32_RELATIVE_TOLERANCE = 1e-4
+#: for passes that compute in half on purpose (`Pass.changes_precision`): float16 has a 2^-11
+#: relative step, and the generated chains accumulate a few dozen roundings
+HALF_RELATIVE_TOLERANCE = 3e-2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -835,7 +838,7 @@ def _one_line(text: str, limit: int = 360) -> str:
 
 
 def numeric_mismatch(reference: onnx.ModelProto, candidate: onnx.ModelProto,
-                     seeds: Sequence[int] = (0, 1)) -> str | None:
+                     seeds: Sequence[int] = (0, 1), tolerance: float = FP32_RELATIVE_TOLERANCE) -> str | None:
     """Why `candidate` does not compute what `reference` computes (onnxruntime, random inputs), or None."""
     reference_names = [value.name for value in reference.graph.output]
     candidate_names = [value.name for value in candidate.graph.output]
@@ -857,8 +860,8 @@ def numeric_mismatch(reference: onnx.ModelProto, candidate: onnx.ModelProto,
                 continue
             error = float(np.max(np.abs(want[finite].astype(np.float64) - have[finite])))
             scale = max(1.0, float(np.max(np.abs(want[finite]))))
-            if error > FP32_RELATIVE_TOLERANCE * scale:
-                return (f"output '{name}' differs by {error:.3g} (tolerance {FP32_RELATIVE_TOLERANCE:g} x {scale:.3g}, "
+            if error > tolerance * scale:
+                return (f"output '{name}' differs by {error:.3g} (tolerance {tolerance:g} x {scale:.3g}, "
                         f"input seed {seed})")
     return None
 
@@ -904,6 +907,15 @@ def pipeline_transform(text: str) -> Transform:
     return transform
 
 
+def relative_tolerance(name: str) -> float:
+    """The numeric tolerance for pipeline text `name`: half's when a pass in it changes precision."""
+    from mcc.toolchain.registry import builtin_passes
+
+    lowered = {cls.name for cls in builtin_passes() if cls.changes_precision}
+    used = {item.split("{")[0].strip() for item in name.replace("(", ",").replace(")", ",").split(",")}
+    return HALF_RELATIVE_TOLERANCE if used & lowered else FP32_RELATIVE_TOLERANCE
+
+
 def check_pass(name: str, transform: Transform, model: onnx.ModelProto) -> PassCheck:
     """Run `transform` on `model` and check validity, idempotence and numeric equivalence, in that order."""
     from mcc.toolchain.errors import PassError
@@ -940,7 +952,7 @@ def check_pass(name: str, transform: Transform, model: onnx.ModelProto) -> PassC
                                                                                    for n in again.graph.node})
         return PassCheck(True, motifs, "idempotence", f"a second run changed the model again (removed: {gone[:6]})",
                          result)
-    mismatch = numeric_mismatch(model, result)
+    mismatch = numeric_mismatch(model, result, tolerance=relative_tolerance(name))
     if mismatch is not None:
         return PassCheck(True, motifs, "numeric", mismatch, result)
     return PassCheck(True, motifs, result=result)

@@ -48,6 +48,9 @@ class Pass:
     min_opset: ClassVar[int | None] = None
     #: the pass needs static input shapes (fixed by the driver before the pipeline runs)
     requires_static_shapes: ClassVar[bool] = False
+    #: the pass trades precision on purpose (float16, quantization): equivalence is judged with
+    #: that precision's tolerance, not float32's
+    changes_precision: ClassVar[bool] = False
 
     def run(self, model: onnx.ModelProto, ctx: "PassContext") -> PassResult:
         raise NotImplementedError

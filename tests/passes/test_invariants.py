@@ -38,6 +38,9 @@ def test_pass_keeps_invariants(pass_cls, sample):
     verify_model(result.model, pass_cls.name)
     assert not run_pass(pass_cls(), result.model).modified, "a second run must change nothing"
     if result.modified:
-        assert_same_function(model, result.model, atol=1e-4)
+        if pass_cls.changes_precision:  # float16 on purpose: judged at half precision
+            assert_same_function(model, result.model, atol=3e-2, rtol=3e-2)
+        else:
+            assert_same_function(model, result.model, atol=1e-4)
     else:
         assert result.model is model or ir.content_hash(result.model) == ir.content_hash(model)

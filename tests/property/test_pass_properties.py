@@ -42,6 +42,7 @@ FAVOURED: dict[str, tuple[str, ...]] = {
     "recognize-activations": ("hardsigmoid", "hardswish", "gelu", "layer_norm"),
     "eliminate-dead-nodes": ("dead_branch",),
     "remove-noops": ("noop",),
+    "convert-float16": ("conv_bn", "matmul_add", "branch_join"),
 }
 #: passes the generated graphs give nothing to do, and why (their properties still hold, trivially)
 NOT_GENERATED: dict[str, str] = {
@@ -49,8 +50,9 @@ NOT_GENERATED: dict[str, str] = {
     "decompose-unsupported": "it fires only for a target lacking an op; the tests run without a target",
     "substitute-recurrent": "generated graphs have no RNN/GRU/LSTM",
 }
-#: passes whose rewrite leaves no node of the motif behind to see (they edit the graph's interface)
-INTERFACE_PASSES = {"inline-initializer-inputs", "eliminate-dead-nodes"}
+#: passes whose rewrite leaves no node of the motif behind to see (they edit the graph's interface,
+#: or only tensor types, like convert-float16)
+INTERFACE_PASSES = {"inline-initializer-inputs", "eliminate-dead-nodes", "convert-float16"}
 #: not run one by one: upgrade-opset changes the opset on purpose (its own test below), and
 #: fixed-point is a group of other passes (run inside the default pipeline)
 SEPARATELY_TESTED = {"upgrade-opset", "fixed-point"}

@@ -31,7 +31,8 @@ def cli() -> None:
 @input_shape_option
 @const_input_option
 @click.option("--inputs", "inputs_path", type=click.Path(path_type=Path), help="Validation inputs as .npz (one array per input name).")
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32"]), help="Compute precision.")
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16"]),
+              help="Compute precision (fp16: convert-float16, I/O stay float32; validated with fp16 tolerances).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random validation inputs.")
 @click.option("--verify-each", is_flag=True, help="Run onnx.checker and strict shape inference after every pass.")
 @click.option("--dump-dir", type=click.Path(path_type=Path), help="Write the model after every pass that changed it.")

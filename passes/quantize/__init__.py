@@ -1,0 +1,1 @@
+"""Precision conversion and quantization passes."""
