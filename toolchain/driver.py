@@ -50,6 +50,9 @@ class CompileRequest:
     dump_dir: Path | None = None
     #: rewrite rules whose firing (or why not) the report and the terminal explain
     explain: tuple[str, ...] = ()
+    #: int8 calibration: an .npz of samples per input, or "random"; and the calibration method
+    calib_data: str | None = None
+    calib_method: str = "percentile"
     #: the accuracy budget: outputs must keep this SQNR against the reference (instead of the
     #: precision's tolerances), and lossy rewrites (approximations of ops the target lacks) may apply
     min_sqnr_db: float | None = None
@@ -208,6 +211,11 @@ def compile_model(request: CompileRequest) -> CompileOutcome:
     timer = Timer()
     if request.precision not in validate.TOLERANCES:
         raise UsageError(f"unknown precision '{request.precision}'; candidates are: {', '.join(validate.TOLERANCES)}")
+    if request.precision == "int8" and not request.calib_data:
+        raise UsageError("--precision int8 needs --calib-data FILE.npz (samples per input; or `random`, "
+                         "which the report flags)")
+    if request.calib_data and request.calib_data != "random" and not Path(request.calib_data).is_file():
+        raise UsageError(f"--calib-data {request.calib_data}: no such file")
     # Everything that can be checked without the model is checked first, before any work.
     target = load_target(request.target)
     backend = get_backend(target.backend)
@@ -296,6 +304,12 @@ def _compile_into(request: CompileRequest, target, backend, passes, staging: Pat
             from mcc.passes.quantize.fp16 import ConvertFloat16
 
             optimized, more = PassManager([ConvertFloat16()], ctx).run(optimized)
+            records.extend(more)
+        elif request.precision == "int8":
+            from mcc.passes.quantize.int8 import QuantizeInt8
+
+            quantize = QuantizeInt8(calib_data=str(request.calib_data), method=request.calib_method)
+            optimized, more = PassManager([quantize], ctx).run(optimized)
             records.extend(more)
     stats_after = model_stats(optimized)
 

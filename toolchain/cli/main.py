@@ -31,8 +31,13 @@ def cli() -> None:
 @input_shape_option
 @const_input_option
 @click.option("--inputs", "inputs_path", type=click.Path(path_type=Path), help="Validation inputs as .npz (one array per input name).")
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16"]),
-              help="Compute precision (fp16: convert-float16, I/O stay float32; validated with fp16 tolerances).")
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "int8"]),
+              help="Compute precision (fp16: convert-float16; int8: quantize-int8 in QDQ form, needs --calib-data); "
+                   "I/O stay float32, validated with that precision's tolerances.")
+@click.option("--calib-data", default=None, metavar="FILE.npz|random",
+              help="int8 calibration samples: an .npz with one array per input, first axis = samples.")
+@click.option("--calib-method", default="percentile", show_default=True,
+              type=click.Choice(["minmax", "percentile", "entropy"]), help="int8 activation range calibration.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random validation inputs.")
 @click.option("--verify-each", is_flag=True, help="Run onnx.checker and strict shape inference after every pass.")
 @click.option("--dump-dir", type=click.Path(path_type=Path), help="Write the model after every pass that changed it.")
@@ -42,7 +47,8 @@ def cli() -> None:
 @click.option("--explain", "explain", multiple=True, metavar="RULE",
               help="Say where rewrite rule RULE fired and why it did not elsewhere (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the summary.")
-def compile_command(model, target, output_dir, passes, input_shapes, const_inputs, inputs_path, precision, seed,
+def compile_command(model, target, output_dir, passes, input_shapes, const_inputs, inputs_path, precision, calib_data,
+                    calib_method, seed,
                     verify_each, dump_dir, min_sqnr_db, explain, as_json):
     """Optimize MODEL, compile it for TARGET, and validate the artifact against onnxruntime."""
     from mcc.toolchain.cli.summary import print_compile_summary
@@ -51,7 +57,7 @@ def compile_command(model, target, output_dir, passes, input_shapes, const_input
 
     request = CompileRequest(
         model_path=model, target=target, output_dir=output_dir, passes=passes,
-        input_shapes=dict(input_shapes), const_inputs=dict(const_inputs), inputs_path=inputs_path, precision=precision, seed=seed,
+        input_shapes=dict(input_shapes), const_inputs=dict(const_inputs), inputs_path=inputs_path, precision=precision, calib_data=calib_data, calib_method=calib_method, seed=seed,
         verify_each=verify_each, dump_dir=dump_dir, explain=tuple(explain), min_sqnr_db=min_sqnr_db,
     )
     _CURRENT_REQUEST.append(request)
