@@ -53,6 +53,8 @@ class CompileRequest:
     #: int8 calibration: an .npz of samples per input, or "random"; and the calibration method
     calib_data: str | None = None
     calib_method: str = "percentile"
+    #: progress of long steps (calibration): (label, done, total)
+    progress: object = None
     #: the accuracy budget: outputs must keep this SQNR against the reference (instead of the
     #: precision's tolerances), and lossy rewrites (approximations of ops the target lacks) may apply
     min_sqnr_db: float | None = None
@@ -214,8 +216,8 @@ def compile_model(request: CompileRequest) -> CompileOutcome:
     if request.precision == "int8" and not request.calib_data:
         raise UsageError("--precision int8 needs --calib-data FILE.npz (samples per input; or `random`, "
                          "which the report flags)")
-    if request.calib_data and request.calib_data != "random" and not Path(request.calib_data).is_file():
-        raise UsageError(f"--calib-data {request.calib_data}: no such file")
+    if request.calib_data and request.calib_data != "random" and not Path(request.calib_data).exists():
+        raise UsageError(f"--calib-data {request.calib_data}: no such file or folder")
     # Everything that can be checked without the model is checked first, before any work.
     target = load_target(request.target)
     backend = get_backend(target.backend)
@@ -286,7 +288,8 @@ def _compile_into(request: CompileRequest, target, backend, passes, staging: Pat
         compile_shapes = {name: shape for name, shape in fixed.shapes.items() if name not in constants}
 
     excluded = frozenset(target.excluded_ops)
-    ctx = PassContext(verify_each=request.verify_each, supported_ops=backend.supported_ops() - excluded)
+    ctx = PassContext(verify_each=request.verify_each, supported_ops=backend.supported_ops() - excluded,
+                      progress=request.progress)
     if request.explain:
         ctx.with_config(explain=",".join(request.explain))
     ctx.with_config(allow_lossy=request.min_sqnr_db is not None)

@@ -163,6 +163,12 @@ class PassContext:
     supported_ops: frozenset[str] | None = None
     #: approximations applied (lossy rewrite rules), for the report
     lossy_rewrites: list[str] = field(default_factory=list)
+    #: long-running passes report progress here: (label, done, total); the CLI draws a bar
+    progress: Callable[[str, int, int], None] | None = None
+
+    def report_progress(self, label: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(label, done, total)
 
     CONFIG_KEYS: ClassVar[dict[str, type]] = {"dump-dir": str, "bisect-limit": int, "explain": str, "allow-lossy": bool}
 

@@ -19,9 +19,9 @@ Measured on SqueezeNet (benchmarks/RESULTS.md): percentile keeps top-1 within 0.
 minmax 0.6, entropy loses 8 (it clips post-ReLU activations too hard for per-tensor int8), so
 percentile is the default.
 
-Calibration data: `calib-data` names an .npz with one array per graph input, the first axis
-indexing samples (each sample is fed with the input's own leading dim of 1), or is `random`
-(seeded uniform inputs; the report says so, since random ranges are not the deployment's).
+Calibration data (`calib-data`, see `mcc.passes.quantize.data`): an .npz with one array per graph
+input (first axis = samples), a folder of images with a `preprocess.toml`, or `random` (seeded
+uniform inputs; the report says so, since random ranges are not the deployment's).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from mcc.passes.quantize.data import load_calibration
 from mcc.toolchain import ir
 from mcc.toolchain.errors import UsageError
 from mcc.toolchain.passmanager import Pass, PassContext, PassResult
@@ -58,48 +59,25 @@ def _weight_axis(node: onnx.NodeProto) -> int:
     return 1  # MatMul: [K, N]
 
 
-def load_calibration(path: str, model: onnx.ModelProto, samples: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """Calibration feeds: from an .npz (first axis = samples), or `random` (seeded uniform values)."""
-    inputs = ir.graph_inputs(model)
-    shapes = {v.name: tuple(d.dim_value for d in v.type.tensor_type.shape.dim) for v in inputs}
-    dtypes = {v.name: ir.tensor_dtype(v.type.tensor_type.elem_type) for v in inputs}
-    if path == "random":
-        rng = np.random.default_rng(seed)
-        return [{name: rng.uniform(-1, 1, size=shapes[name]).astype(dtypes[name]) for name in shapes}
-                for _ in range(samples)]
-    try:
-        with np.load(path) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"--calib-data {path}: cannot read it as .npz ({exc})") from None
-    missing = sorted(set(shapes) - set(arrays))
-    if missing:
-        raise UsageError(f"--calib-data {path}: no array for input '{missing[0]}'; it has {', '.join(arrays) or 'none'}")
-    count = min(len(arrays[name]) for name in shapes)
-    feeds = []
-    for index in range(min(count, samples)):
-        feed = {}
-        for name, shape in shapes.items():
-            sample = np.asarray(arrays[name][index], dtype=dtypes[name])
-            if sample.size != int(np.prod(shape)):
-                raise UsageError(f"--calib-data {path}: a sample of '{name}' has shape {list(sample.shape)}, "
-                                 f"the input needs {list(shape)}")
-            feed[name] = sample.reshape(shape)
-        feeds.append(feed)
-    return feeds
-
-
 def calibrate_ranges(model: onnx.ModelProto, tensors: list[str], feeds: list[dict[str, np.ndarray]], method: str,
-                     percentile: float) -> dict[str, tuple[float, float]]:
-    """(low, high) of each tensor in `tensors`, from onnxruntime's calibrator for `method`."""
+                     percentile: float, progress=None) -> dict[str, tuple[float, float]]:
+    """(low, high) of each tensor in `tensors`, from onnxruntime's calibrator for `method`.
+
+    `progress(done, total)` is called as samples are fed.
+    """
     from onnxruntime.quantization import calibrate as ort_calibrate
 
     class Reader(ort_calibrate.CalibrationDataReader):
         def __init__(self):
             self.items = iter(feeds)
+            self.done = 0
 
         def get_next(self):
-            return next(self.items, None)
+            item = next(self.items, None)
+            if item is not None and progress is not None:
+                self.done += 1
+                progress(self.done, len(feeds))
+            return item
 
     with tempfile.TemporaryDirectory(prefix="mcc-calibrate-") as work, \
             contextlib.redirect_stdout(io.StringIO()):  # the calibrators print their progress
@@ -184,7 +162,8 @@ class QuantizeInt8(Pass):
         if self.calib_data == "random":
             ctx.note("quantize-int8: calibrated on RANDOM inputs (--calib-data random): activation ranges do not "
                      "reflect real data; accuracy may be much worse than with real calibration data")
-        ranges = calibrate_ranges(model, activations, feeds, self.method, self.percentile)
+        ranges = calibrate_ranges(model, activations, feeds, self.method, self.percentile,
+                                  progress=lambda done, total: ctx.report_progress("calibrating", done, total))
 
         result = onnx.ModelProto()
         result.CopyFrom(model)

@@ -97,7 +97,38 @@ def test_compile_at_int8_through_the_console_script(run_mcc, tmp_path):
     (output,) = report["validation"]["outputs"]
     assert output["passed"] and output["tolerance"] == "int8"
     assert any(r["name"] == "quantize-int8" and r["modified"] for r in report["passes"])
+    assert "calibrating" in result.stderr  # the progress bar
     saved = onnx.load(out / "model.onnx")
     assert "QuantizeLinear" in op_types(saved)
     missing = run_mcc("compile", EXAMPLE, "--precision", "int8", "-o", tmp_path / "x")
     assert missing.returncode == 2 and "needs --calib-data" in missing.stderr and not (tmp_path / "x").exists()
+
+
+def test_a_folder_of_images_with_a_preprocessing_spec_calibrates(tmp_path):
+    from PIL import Image
+
+    from mcc.passes.quantize.data import load_calibration
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(5):
+        Image.fromarray(rng.integers(0, 256, size=(12, 16, 3), dtype=np.uint8)).save(folder / f"{index}.png")
+    (folder / "preprocess.toml").write_text('resize = 10\ncrop = 8\nchannel_order = "BGR"\nscale = 0.00390625\n'
+                                            'mean = [0.5, 0.5, 0.5]\n')
+    model = parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 3, 8, 8] x) => (float[1, 3, 8, 8] y) { y = Relu(x) }
+    """)
+    feeds = load_calibration(str(folder), model, samples=4)
+    assert len(feeds) == 4 and feeds[0]["x"].shape == (1, 3, 8, 8) and feeds[0]["x"].dtype == np.float32
+    with Image.open(folder / "0.png") as image:
+        rgb = np.asarray(image.convert("RGB").resize((13, 10), Image.BILINEAR), np.float64)  # short side 12 -> 10
+    expected = (rgb[1:9, 2:10, ::-1] / 256 - 0.5).transpose(2, 0, 1)  # centre crop, BGR, scale, mean
+    np.testing.assert_allclose(feeds[0]["x"][0], expected, atol=1e-6)
+    (folder / "preprocess.toml").write_text('crop = 8\nchanel_order = "BGR"\n')
+    with pytest.raises(UsageError, match="unknown key 'chanel_order'"):
+        load_calibration(str(folder), model, samples=4)
+    (folder / "preprocess.toml").unlink()
+    with pytest.raises(UsageError, match="needs a preprocess.toml"):
+        load_calibration(str(folder), model, samples=4)

@@ -34,8 +34,9 @@ def cli() -> None:
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "int8"]),
               help="Compute precision (fp16: convert-float16; int8: quantize-int8 in QDQ form, needs --calib-data); "
                    "I/O stay float32, validated with that precision's tolerances.")
-@click.option("--calib-data", default=None, metavar="FILE.npz|random",
-              help="int8 calibration samples: an .npz with one array per input, first axis = samples.")
+@click.option("--calib-data", default=None, metavar="FILE.npz|FOLDER|random",
+              help="int8 calibration samples: an .npz (one array per input, first axis = samples), or a folder of "
+                   "images with a preprocess.toml.")
 @click.option("--calib-method", default="percentile", show_default=True,
               type=click.Choice(["minmax", "percentile", "entropy"]), help="int8 activation range calibration.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random validation inputs.")
@@ -60,6 +61,18 @@ def compile_command(model, target, output_dir, passes, input_shapes, const_input
         input_shapes=dict(input_shapes), const_inputs=dict(const_inputs), inputs_path=inputs_path, precision=precision, calib_data=calib_data, calib_method=calib_method, seed=seed,
         verify_each=verify_each, dump_dir=dump_dir, explain=tuple(explain), min_sqnr_db=min_sqnr_db,
     )
+    bars: dict[str, object] = {}
+
+    def progress(label: str, done: int, total: int) -> None:
+        """A progress bar on stderr per long step (int8 calibration)."""
+        if label not in bars:
+            bars[label] = click.progressbar(length=total, label=label, file=click.get_text_stream("stderr"))
+            bars[label].__enter__()
+        bars[label].update(1)
+        if done >= total:
+            bars.pop(label).__exit__(None, None, None)
+
+    request.progress = progress
     _CURRENT_REQUEST.append(request)
     outcome = compile_model(request)
     if as_json:
