@@ -147,16 +147,16 @@ class QuantizeInt8(Pass):
             raise UsageError("quantize-int8 needs calibration data: --calib-data FILE.npz (or `random`, "
                              "which the report flags)")
         initializers = {t.name: t for t in model.graph.initializer}
-        targets = [
-            node for node in model.graph.node
+        targets = {  # input-model position -> node
+            index: node for index, node in enumerate(model.graph.node)
             if node.op_type in QUANTIZED_OPS and node.domain in ir.DEFAULT_DOMAINS and len(node.input) > 1
             and node.input[1] in initializers and initializers[node.input[1]].data_type == TensorProto.FLOAT
             and not (node.op_type == "Gemm" and any(a.name == "transA" and a.i for a in node.attribute))
-        ]
+        }
         if not targets:
             return PassResult(model, False)
         types = {name: elem for name, (elem, _) in ir.tensor_types(ir.infer_shapes(model)).items()}
-        activations = sorted({node.input[0] for node in targets
+        activations = sorted({node.input[0] for node in targets.values()
                               if node.input[0] not in initializers and types.get(node.input[0]) == TensorProto.FLOAT})
         feeds = load_calibration(self.calib_data, model, self.samples)
         if self.calib_data == "random":
@@ -192,7 +192,7 @@ class QuantizeInt8(Pass):
             qdq[name] = dequantized
         weight_dq: dict[str, str] = {}
         weight_nodes: list[onnx.NodeProto] = []
-        for node in targets:
+        for node in targets.values():
             weight_name = node.input[1]
             if weight_name not in weight_dq:
                 weight = numpy_helper.to_array(initializers[weight_name]).astype(np.float64)
@@ -213,12 +213,11 @@ class QuantizeInt8(Pass):
                                                      name=ir.unique_name(f"{weight_name}/DequantizeLinear", taken),
                                                      axis=axis))
                 weight_dq[weight_name] = dq_name
-        target_ids = {index for index, node in enumerate(model.graph.node) if any(node is t for t in targets)}
+        graph_inputs = {v.name for v in graph.input}
         ordered: list[onnx.NodeProto] = list(weight_nodes)
-        graph_input_qdq = [n for name in activations if name in {v.name for v in graph.input} for n in inserted.get(name, [])]
-        ordered += graph_input_qdq
+        ordered += [n for name in activations if name in graph_inputs for n in inserted.get(name, [])]
         for index, node in enumerate(graph.node):
-            if index in target_ids:  # positions: `targets` are the input model's nodes, these the copy's
+            if index in targets:  # positions: `targets` holds the input model's nodes, these are the copy's
                 if node.input[0] in qdq:
                     node.input[0] = qdq[node.input[0]]
                 node.input[1] = weight_dq[node.input[1]]
@@ -227,7 +226,7 @@ class QuantizeInt8(Pass):
                 ordered += inserted.get(output, [])
         # weights read only by quantized nodes are now stored as int8 only
         still_read = {name for node in ordered for name in node.input}
-        kept = [t for t in graph.initializer if t.name in still_read or t.name in {v.name for v in graph.input}]
+        kept = [t for t in graph.initializer if t.name in still_read or t.name in graph_inputs]
         del graph.initializer[:]
         graph.initializer.extend(kept + new_initializers)
         del graph.node[:]
