@@ -159,6 +159,7 @@ class PassContext:
     notes: list[str] = field(default_factory=list)
     #: why the rules named in the `explain` config key did or did not fire (rewrite passes)
     explanations: list[str] = field(default_factory=list)
+    _explained: dict[tuple, int] = field(default_factory=dict, repr=False)
     #: the ops the target's backend can compile (None: no target, so no op is known to be missing)
     supported_ops: frozenset[str] | None = None
     #: approximations applied (lossy rewrite rules), for the report
@@ -176,7 +177,15 @@ class PassContext:
         if text not in self.notes:
             self.notes.append(text)
 
-    def explain(self, text: str) -> None:
+    def explain(self, text: str, key: tuple | None = None) -> None:
+        """Record an explanation; one with the same `key` (pass, rule, node) replaces the earlier one,
+        so passes that run once per fixed-point round report each node once, with its latest reason."""
+        if key is not None:
+            index = self._explained.get(key)
+            if index is not None:
+                self.explanations[index] = text
+                return
+            self._explained[key] = len(self.explanations)
         self.explanations.append(text)
 
     def with_config(self, **values: Any) -> "PassContext":

@@ -413,7 +413,7 @@ class RewritePass(Pass):
                             supported_ops=ctx.supported_ops, allow_lossy=bool(ctx.config.get("allow-lossy", False)),
                             lossy_fired=lossy)
         for explanation in explanations:
-            ctx.explain(f"{self.name}: {explanation}")
+            ctx.explain(f"{self.name}: {explanation}", key=(self.name, explanation.rule, explanation.node))
         ctx.lossy_rewrites.extend(f"{self.name}: {item}" for item in lossy)
         if not fired:
             return PassResult(model, False)

@@ -54,10 +54,19 @@ def _inline(node: onnx.NodeProto, branch: onnx.GraphProto, taken: set[str]) -> t
             if name:
                 renames[name] = ir.unique_name(f"{prefix}/{name}", taken)
     produced = {name for inner in branch.node for name in inner.output if name}
-    outputs = {value.name: target for value, target in zip(branch.output, node.output)}
-    # a branch output produced by a branch node is written straight into the If's output name
-    for name, target in outputs.items():
-        if name in produced and target:
+    pairs = [(value.name, target) for value, target in zip(branch.output, node.output)]
+    # a branch output produced by a branch node is written straight into the If's (first) output
+    # of that name; a branch output returned again feeds the other If outputs through Identity
+    outputs: dict[str, str] = {}
+    repeats: list[tuple[str, str]] = []
+    for name, target in pairs:
+        if not target:
+            continue
+        if name in outputs:
+            repeats.append((outputs[name], target))
+            continue
+        outputs[name] = target
+        if name in produced:
             renames[name] = target
     nodes = []
     for inner in branch.node:
@@ -73,9 +82,11 @@ def _inline(node: onnx.NodeProto, branch: onnx.GraphProto, taken: set[str]) -> t
                 _rename_reads(sub, renames)
         nodes.append(moved)
     for name, target in outputs.items():
-        if target and name not in produced:  # a parent tensor or a branch initializer passed through
+        if name not in produced:  # a parent tensor or a branch initializer passed through
             nodes.append(helper.make_node("Identity", [renames.get(name, name)], [target],
                                           name=ir.unique_name(f"{prefix}/passthrough", taken)))
+    for first, target in repeats:
+        nodes.append(helper.make_node("Identity", [first], [target], name=ir.unique_name(f"{prefix}/repeat", taken)))
     initializers = []
     for tensor in branch.initializer:
         moved = onnx.TensorProto()

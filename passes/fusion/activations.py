@@ -279,6 +279,8 @@ class LayerNorm(Rule):
         axes = [_axes(m.node(role), rank) for role in ("mean", "var")]
         if axes[0] is None or axes[0] != axes[1]:
             return "the two ReduceMeans do not reduce the same constant axes"
+        if not axes[0]:
+            return "the ReduceMeans give no axes (they reduce every axis)"
         if axes[0] != list(range(rank - len(axes[0]), rank)):
             return f"the reduced axes {axes[0]} are not the last ones"
         for role in ("mean", "var"):

@@ -76,6 +76,21 @@ class _PadInto(Rule):
     def extra_check(self, consumer) -> str | None:
         return None
 
+    def pool_check(self, m: Match) -> str | None:
+        """Pools: explicit pads must stay smaller than the kernel (onnxruntime refuses the model
+        otherwise), and ceil_mode must be off (with it, windows starting in an explicit pad are
+        dropped, so the output shape would change)."""
+        consumer, rank = m.node("consumer"), m.rank("x")
+        if consumer.attrs.get("ceil_mode", 0):
+            return f"the {consumer.op} uses ceil_mode (the output shape would change)"
+        pads, spatial = _pads(m.node("pad"), rank), rank - 2
+        own = list(consumer.attrs.get("pads", [0] * (2 * spatial)))
+        kernel = list(consumer.attrs.get("kernel_shape", []))
+        for i, size in enumerate(kernel[:spatial]):
+            if max(int(own[i]) + int(pads[2 + i]), int(own[spatial + i]) + int(pads[rank + 2 + i])) >= size:
+                return f"the merged pads would not be smaller than the kernel {kernel}"
+        return None
+
     def rewrite(self, m: Match, b: Builder) -> None:
         consumer = m.node("consumer")
         rank = m.rank("x")
@@ -111,18 +126,7 @@ class PadIntoAveragePool(_PadInto):
         return None
 
     def check(self, m: Match) -> str | None:
-        reason = super().check(m)
-        if reason is not None:
-            return reason
-        # Pooling pads must stay smaller than the kernel (onnxruntime refuses the model otherwise).
-        consumer, rank = m.node("consumer"), m.rank("x")
-        pads, spatial = _pads(m.node("pad"), rank), rank - 2
-        own = list(consumer.attrs.get("pads", [0] * (2 * spatial)))
-        kernel = list(consumer.attrs.get("kernel_shape", []))
-        for i, size in enumerate(kernel[:spatial]):
-            if max(int(own[i]) + int(pads[2 + i]), int(own[spatial + i]) + int(pads[rank + 2 + i])) >= size:
-                return f"the merged pads would not be smaller than the kernel {kernel}"
-        return None
+        return super().check(m) or self.pool_check(m)
 
 
 NON_NEGATIVE = ("Relu", "Sigmoid", "Softplus", "Abs", "Exp")
@@ -140,7 +144,7 @@ class PadIntoMaxPool(_PadInto):
         producers = list(m["x"].inputs)
         if len(producers) != 1 or producers[0].op not in NON_NEGATIVE:
             return "the padded tensor may be negative (it does not come from Relu, Sigmoid, ...)"
-        return super().check(m)
+        return super().check(m) or self.pool_check(m)
 
     def extra_check(self, consumer) -> str | None:
         if len(consumer.outputs) > 1:

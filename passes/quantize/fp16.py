@@ -96,8 +96,13 @@ class ConvertFloat16(Pass):
                         return False
             return True
 
+        # tensors If/Loop bodies read from the outer graph keep float32: the bodies expect it
+        implicit = set().union(*(ir.subgraph_reads(node) for node in model.graph.node))
+
         def convertible(node: onnx.NodeProto) -> bool:
             if node.domain not in ir.DEFAULT_DOMAINS or node.op_type not in HALF_SAFE_OPS or node.op_type in keep:
+                return False
+            if implicit.intersection(node.output):
                 return False
             if not schema_allows(node):
                 return False
@@ -149,7 +154,7 @@ class ConvertFloat16(Pass):
                 others = [r for r, _ in readers.get(name, []) if not r]
                 array, count = _to_half(numpy_helper.to_array(initializers[name]), self.dtype)
                 clamped += count
-                if not others:  # read only by half nodes: convert in place
+                if not others and name not in implicit:  # read only by half nodes: convert in place
                     initializers[name].CopyFrom(numpy_helper.from_array(array, name) if self.dtype == "float16"
                                                 else _bf16_tensor(array, name))
                     renamed[key] = name

@@ -152,6 +152,8 @@ class QuantizeInt8(Pass):
             if node.op_type in QUANTIZED_OPS and node.domain in ir.DEFAULT_DOMAINS and len(node.input) > 1
             and node.input[1] in initializers and initializers[node.input[1]].data_type == TensorProto.FLOAT
             and not (node.op_type == "Gemm" and any(a.name == "transA" and a.i for a in node.attribute))
+            # per-output-channel needs a channel axis: Conv weights, and 2-D MatMul/Gemm weights
+            and (len(initializers[node.input[1]].dims) == 2 or node.op_type == "Conv")
         }
         if not targets:
             return PassResult(model, False)
@@ -226,6 +228,7 @@ class QuantizeInt8(Pass):
                 ordered += inserted.get(output, [])
         # weights read only by quantized nodes are now stored as int8 only
         still_read = {name for node in ordered for name in node.input}
+        still_read |= set().union(*(ir.subgraph_reads(node) for node in ordered))  # If/Loop bodies too
         kept = [t for t in graph.initializer if t.name in still_read or t.name in graph_inputs]
         del graph.initializer[:]
         graph.initializer.extend(kept + new_initializers)

@@ -87,6 +87,9 @@ class EliminateCommonSubexpressions(Pass):
                 seen_nodes[key] = node
                 keep_nodes.append(node)
                 continue
+            if any(mine and not theirs for mine, theirs in zip(node.output, earlier.output)):
+                keep_nodes.append(node)  # the earlier node leaves an output this one provides unnamed
+                continue
             for mine, theirs in zip(node.output, earlier.output):
                 if mine:
                     node_renames[mine] = theirs

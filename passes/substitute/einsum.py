@@ -51,6 +51,21 @@ def _sizes(m: Match, terms: list[str], names: list[str]) -> dict[str, int] | str
     return sizes
 
 
+def _reduce_sum(b: Builder, x, axes: list[int]):
+    """ReduceSum without keepdims, in the form of the model's opset (axes an input from 13)."""
+    if b.opset >= 13:
+        return b.node("ReduceSum", [x, b.constant("axes", np.array(axes, np.int64))], {"keepdims": 0})
+    return b.node("ReduceSum", [x], {"axes": axes, "keepdims": 0})
+
+
+def _permute(b: Builder, x, perm: list[int], outputs: list) -> None:
+    """Transpose by `perm` into `outputs`, or an Identity when it moves nothing (a scalar too)."""
+    if perm == list(range(len(perm))):
+        b.node("Identity", [x], outputs=outputs)
+    else:
+        b.node("Transpose", [x], {"perm": perm}, outputs=outputs)
+
+
 @dataclass(frozen=True)
 class DecomposeEinsum(Rule):
     """Einsum with one or two operands -> Transpose, Reshape, MatMul, ReduceSum."""
@@ -94,8 +109,8 @@ class DecomposeEinsum(Rule):
             summed = [i for i, letter in enumerate(term) if letter not in output]
             kept = [letter for letter in term if letter in output]
             if summed:
-                x = b.node("ReduceSum", [x, b.constant("axes", np.array(summed, np.int64))], {"keepdims": 0})
-            b.node("Transpose", [x], {"perm": [kept.index(letter) for letter in output]}, outputs=outputs)
+                x = _reduce_sum(b, x, summed)
+            _permute(b, x, [kept.index(letter) for letter in output], outputs)
             return
         left_term, right_term = terms
         batch = [x for x in left_term if x in right_term and x in output]
@@ -116,4 +131,4 @@ class DecomposeEinsum(Rule):
         product = b.node("MatMul", [lhs, rhs])
         order = batch + left + right
         full = b.node("Reshape", [product, b.constant("shape", np.array(dims(order), np.int64))])
-        b.node("Transpose", [full], {"perm": [order.index(x) for x in output]}, outputs=outputs)
+        _permute(b, full, [order.index(x) for x in output], outputs)

@@ -87,3 +87,26 @@ def test_pad_folds_into_maxpool_only_after_a_non_negative_producer():
     ctx = PassContext().with_config(explain="fold-pad-into-maxpool")
     assert not FoldPad().run(parse_model(MAXPOOL.replace("PRODUCER", "Tanh")), ctx).modified
     assert ctx.explanations[0].endswith("the padded tensor may be negative (it does not come from Relu, Sigmoid, ...)")
+
+
+@pytest.mark.parametrize("pool, attrs, pads, reason", [
+    ("AveragePool", "count_include_pad = 1, ceil_mode = 1", "0,0,0,0,0,0,1,1",
+     "the AveragePool uses ceil_mode (the output shape would change)"),
+    ("MaxPool", "ceil_mode = 1", "0,0,0,0,0,0,1,1", "the MaxPool uses ceil_mode (the output shape would change)"),
+    ("MaxPool", "", "0,0,3,3,0,0,3,3", "the merged pads would not be smaller than the kernel [2, 2]"),
+])
+def test_pools_keep_their_output_shape_and_valid_pads(pool, attrs, pads, reason):
+    p = [int(v) for v in pads.split(",")]
+    size = 3 + p[2] + p[6]
+    out = (size - 2) // 3 + 1 if "ceil" not in attrs else -(-(size - 2) // 3) + 1
+    model = parse_model(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 1, 3, 3] x) => (float[1, 1, {out}, {out}] y) <int64[8] pads = {{{pads}}}> {{
+        r = Relu(x)
+        p = Pad(r, pads)
+        y = {pool}<kernel_shape = [2, 2], strides = [3, 3]{", " + attrs if attrs else ""}>(p)
+    }}
+    """)
+    ctx = PassContext().with_config(explain=f"fold-pad-into-{pool.lower()}")
+    assert not FoldPad().run(model, ctx).modified
+    assert any(line.endswith(reason) for line in ctx.explanations), ctx.explanations
