@@ -23,7 +23,7 @@ import onnx
 
 from mcc.toolchain import ir
 from mcc.toolchain.errors import UnsupportedError, UsageError, ValidationFailed
-from mcc.toolchain.passmanager import PassContext, PassManager
+from mcc.toolchain.passmanager import PassContext, PassManager, verify_model
 from mcc.toolchain.pipeline import NAMED_PIPELINES, format_pipeline, parse_pipeline
 from mcc.toolchain.stats import model_stats
 
@@ -314,6 +314,11 @@ def _compile_into(request: CompileRequest, target, backend, passes, staging: Pat
             quantize = QuantizeInt8(calib_data=str(request.calib_data), method=request.calib_method)
             optimized, more = PassManager([quantize], ctx).run(optimized)
             records.extend(more)
+    if not request.verify_each:
+        # one check of the final model (cheap next to the compile): a pass that broke the model is
+        # an internal error named here, not an obscure importer failure later
+        last = next((r.name for r in reversed(records) if r.modified), "pipeline")
+        verify_model(optimized, f"{last} (or an earlier pass; --verify-each names it)")
     stats_after = model_stats(optimized)
 
     unsupported = backend.unsupported_nodes(optimized, excluded)
