@@ -299,14 +299,22 @@ def specialize_inputs(model: onnx.ModelProto, values: dict[str, list[float]]) ->
                                  f"[{limits.min}, {limits.max}]")
         array = np.array(numbers, dtype=object if dtype.kind in "iub" else np.float64)
         arrays[name] = np.broadcast_to(array, (size,)).reshape(shape).astype(dtype)
-    specialized = onnx.ModelProto()
-    specialized.CopyFrom(model)
-    kept = [value for value in specialized.graph.input if value.name not in arrays]
-    del specialized.graph.input[:]
-    specialized.graph.input.extend(kept)
+    return bind_inputs(model, arrays), arrays
+
+
+def bind_inputs(model: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A copy of `model` whose named graph inputs are initializers holding these arrays
+    (cast to each input's declared dtype)."""
+    declared = {value.name: value for value in model.graph.input}
+    bound = onnx.ModelProto()
+    bound.CopyFrom(model)
+    kept = [value for value in bound.graph.input if value.name not in arrays]
+    del bound.graph.input[:]
+    bound.graph.input.extend(kept)
     for name, array in arrays.items():
-        specialized.graph.initializer.append(numpy_helper.from_array(array, name))
-    return specialized, arrays
+        dtype = tensor_dtype(declared[name].type.tensor_type.elem_type)
+        bound.graph.initializer.append(numpy_helper.from_array(np.asarray(array).astype(dtype), name))
+    return bound
 
 
 @dataclass(frozen=True)
@@ -497,6 +505,25 @@ def unique_name(base: str, taken: set[str]) -> str:
         name = f"{base}_{counter}"
     taken.add(name)
     return name
+
+
+def rename_reads(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
+    """Point every reader of a renamed tensor at its new name, in nested subgraphs too (they may
+    read outer names)."""
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name in renames:
+                node.input[i] = renames[name]
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                rename_reads(sub, renames)
+
+
+def names_in_use(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor and node name of `graph` (its top level), for `unique_name`."""
+    names = {name for node in graph.node for name in list(node.input) + list(node.output)}
+    names |= {t.name for t in graph.initializer} | {v.name for v in graph.input} | {v.name for v in graph.output}
+    return names | {node.name for node in graph.node}
 
 
 def content_hash(model: onnx.ModelProto) -> str:

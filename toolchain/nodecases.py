@@ -439,16 +439,7 @@ def _specialize(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.M
         return model
     from mcc.toolchain import ir
 
-    declared = {value.name: value for value in model.graph.input}
-    specialized = onnx.ModelProto()
-    specialized.CopyFrom(model)
-    kept = [value for value in specialized.graph.input if value.name not in values]
-    del specialized.graph.input[:]
-    specialized.graph.input.extend(kept)
-    for name, array in values.items():
-        dtype = ir.tensor_dtype(declared[name].type.tensor_type.elem_type)
-        specialized.graph.initializer.append(numpy_helper.from_array(np.asarray(array).astype(dtype), name))
-    return specialized
+    return ir.bind_inputs(model, values)
 
 
 def _judge(model: onnx.ModelProto, actual: list[np.ndarray], expected: list[np.ndarray], result) -> CaseResult:

@@ -25,16 +25,6 @@ from mcc.toolchain import ir
 from mcc.toolchain.passmanager import Pass, PassContext, PassResult
 
 
-def _rename_reads(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name in renames:
-                node.input[i] = renames[name]
-        for attribute in node.attribute:
-            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
-                _rename_reads(sub, renames)
-
-
 def _constant_condition(name: str, constants: dict[str, onnx.TensorProto]) -> bool | None:
     tensor = constants.get(name)
     if tensor is None:
@@ -79,7 +69,7 @@ def _inline(node: onnx.NodeProto, branch: onnx.GraphProto, taken: set[str]) -> t
             moved.output[i] = renames.get(name, name)
         for attribute in moved.attribute:
             for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
-                _rename_reads(sub, renames)
+                ir.rename_reads(sub, renames)
         nodes.append(moved)
     for name, target in outputs.items():
         if name not in produced:  # a parent tensor or a branch initializer passed through
@@ -110,8 +100,7 @@ class FoldConstantIf(Pass):
         result = onnx.ModelProto()
         result.CopyFrom(model)
         graph = result.graph
-        taken = {name for node in graph.node for name in list(node.input) + list(node.output)}
-        taken |= {t.name for t in graph.initializer} | {v.name for v in graph.input} | {n.name for n in graph.node}
+        taken = ir.names_in_use(graph)
         nodes = []
         for node in graph.node:
             condition = _constant_condition(node.input[0], constants) if node.op_type == "If" else None

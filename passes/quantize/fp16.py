@@ -120,11 +120,9 @@ class ConvertFloat16(Pass):
         result = onnx.ModelProto()
         result.CopyFrom(model)
         graph = result.graph
-        taken = {n for node in graph.node for n in list(node.input) + list(node.output)}
-        taken |= {t.name for t in graph.initializer} | {v.name for v in graph.input} | {v.name for v in graph.output}
+        taken = ir.names_in_use(graph)
         initializers = {t.name: t for t in graph.initializer}
         graph_inputs = {v.name for v in graph.input}
-        graph_outputs = {v.name for v in graph.output}
         producers_half: set[str] = set()  # float tensors a half node produces (they are half now)
         readers: dict[str, list[tuple[bool, onnx.NodeProto]]] = {}
         nodes = list(graph.node)

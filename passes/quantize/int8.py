@@ -170,8 +170,7 @@ class QuantizeInt8(Pass):
         result = onnx.ModelProto()
         result.CopyFrom(model)
         graph = result.graph
-        taken = {n for node in graph.node for n in list(node.input) + list(node.output)}
-        taken |= set(initializers) | {v.name for v in graph.input}
+        taken = ir.names_in_use(graph)
         new_initializers: list[onnx.TensorProto] = []
         qdq: dict[str, str] = {}  # activation -> its dequantized name
         inserted: dict[str, list[onnx.NodeProto]] = {}  # activation -> Q/DQ nodes (placed after its producer)

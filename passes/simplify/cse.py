@@ -25,17 +25,6 @@ RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUnifor
               "Dropout"}
 
 
-def _rename_inputs(graph: onnx.GraphProto, renames: dict[str, str]) -> None:
-    """Point every reader (in nested subgraphs too, which may read outer names) at the kept names."""
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name in renames:
-                node.input[i] = renames[name]
-        for attribute in node.attribute:
-            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
-                _rename_inputs(sub, renames)
-
-
 @dataclass(frozen=True)
 class EliminateCommonSubexpressions(Pass):
     """Merge nodes computing the same op on the same inputs, and initializers holding equal values."""
@@ -62,7 +51,7 @@ class EliminateCommonSubexpressions(Pass):
         if len(kept) != len(graph.initializer):
             del graph.initializer[:]
             graph.initializer.extend(kept)
-            _rename_inputs(graph, renames)
+            ir.rename_reads(graph, renames)
 
         outputs = {value.name for value in graph.output}
         seen_nodes: dict[tuple, onnx.NodeProto] = {}
@@ -97,7 +86,7 @@ class EliminateCommonSubexpressions(Pass):
         if removed:
             del graph.node[:]
             graph.node.extend(keep_nodes)
-            _rename_inputs(graph, node_renames)  # subgraphs reading merged outer names
+            ir.rename_reads(graph, node_renames)  # subgraphs reading merged outer names
             kept_names = {n for node in graph.node for n in node.output}
             values = [v for v in graph.value_info if v.name in kept_names or v.name not in node_renames]
             del graph.value_info[:]
