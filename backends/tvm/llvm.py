@@ -1,8 +1,10 @@
 """TVM for LLVM CPU targets (the host now; aarch64 cross targets later use the same phases).
 
-Import (Relax ONNX frontend) -> DecomposeOpsForInference -> the `zero` pipeline (legalize, fuse)
--> `tvm.compile` for the target -> `export_library` to a shared object. TVM 0.27's `tvm.compile`
-on CPU does no fusion by itself, hence `zero` first (see shared/notes/tvm-0.27.md, section 3).
+Import (Relax ONNX frontend) -> DecomposeOpsForInference, FastMathTransform, the `zero` pipeline
+(legalize, fuse) -> schedules: tuning records from mcc's database where it has them (`tuning.apply_records`), mcc's
+default CPU schedules for every other kernel (`schedules.apply_default_schedules`) -> `tvm.compile`
+for the target -> `export_library` to a shared object. TVM 0.27's `tvm.compile` on CPU does no
+fusion and no scheduling by itself (see shared/notes/tvm-0.27.md, sections 3 and 4).
 """
 
 from __future__ import annotations
@@ -16,6 +18,46 @@ from mcc.backends.base import CompiledArtifact
 from mcc.backends.tvm import common
 
 
+def legalize(mod):
+    """An imported Relax module legalized and fused: the kernels tuning records are keyed on.
+
+    tanh, exp and erf become TVM's polynomial approximations (topi.fast_*): the libm calls of the
+    exact forms stop vectorization (magika's GELU kernels: 2.5 -> 1.0 ms), the approximations are
+    what onnxruntime's MLAS computes too, and validation measures the error.
+    """
+    from tvm import relax
+
+    mod = relax.transform.DecomposeOpsForInference()(mod)
+    mod = relax.transform.FastMathTransform()(mod)
+    return relax.get_pipeline("zero")(mod)
+
+
+def lower(mod, target, *, default_schedules: bool = True, use_tuning_records: bool = True):
+    """Legalize, fuse and schedule an imported Relax module; returns (module, details).
+
+    `details` says which kernels got which schedule: "tuned_kernels" (records of mcc's tuning
+    database) and "default_schedules" (kernel -> mcc default CPU schedule rule); the others keep
+    TVM's naive loops.
+    """
+    from tvm import relax
+
+    from mcc.backends.tvm import schedules, tuning
+
+    mod = legalize(mod)
+    tuned: list[str] = []
+    if use_tuning_records:
+        mod, tuned = tuning.apply_records(mod, target)
+    applied: dict[str, str] = {}
+    if default_schedules:
+        # which kernel parameters are constants (weights): schedules may re-lay them out
+        mod = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
+        mod, applied = schedules.apply_default_schedules(mod, target, skip=frozenset(tuned))
+        # weight re-layouts become their own kernels, evaluated on the constants now
+        mod = relax.transform.SplitLayoutRewritePreproc()(mod)
+        mod = relax.transform.FoldConstant()(mod)
+    return mod, {"tuned_kernels": sorted(tuned), "default_schedules": applied}
+
+
 class TvmLlvmBackend:
     name = "tvm-llvm"
     min_opset = 13
@@ -27,9 +69,9 @@ class TvmLlvmBackend:
     def unsupported_nodes(self, model: onnx.ModelProto, excluded: frozenset[str] = frozenset()) -> list[onnx.NodeProto]:
         return common.unsupported_nodes(model, common.frontend_ops() - excluded)
 
-    def compile(self, model: onnx.ModelProto, target, input_shapes: dict, library_path: Path) -> CompiledArtifact:
+    def compile(self, model: onnx.ModelProto, target, input_shapes: dict, library_path: Path,
+                default_schedules: bool = True) -> CompiledArtifact:
         import tvm
-        from tvm import relax
 
         timings: dict[str, float] = {}
         start = time.perf_counter()
@@ -37,15 +79,18 @@ class TvmLlvmBackend:
         timings["import"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        mod = relax.transform.DecomposeOpsForInference()(mod)
-        mod = relax.get_pipeline("zero")(mod)
+        mod, details = lower(mod, target, default_schedules=default_schedules)
+        timings["schedule"] = time.perf_counter() - start
+
+        start = time.perf_counter()
         executable = tvm.compile(mod, target=target)
         timings["build"] = time.perf_counter() - start
 
         start = time.perf_counter()
         executable.export_library(str(library_path))
         timings["export"] = time.perf_counter() - start
-        return CompiledArtifact(library=Path(library_path), timings_s=timings, details={"tvm_target": str(target)})
+        details["tvm_target"] = str(target)
+        return CompiledArtifact(library=Path(library_path), timings_s=timings, details=details)
 
     def load(self, library_path: Path, model: onnx.ModelProto) -> common.RelaxVMRunner:
         return common.RelaxVMRunner(library_path, model, device="cpu")

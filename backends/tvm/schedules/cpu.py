@@ -1,0 +1,753 @@
+"""Default CPU schedules for the kernels TVM's Relax legalization produces (no measurement).
+
+TVM 0.27 ships no untuned CPU schedule for convolution or matmul: its kernels are single-threaded
+scalar loop nests (shared/notes/tvm-0.27.md, section 3). These rules give every kernel a schedule
+chosen analytically from the kernel's shape and the target's vector width and core count:
+
+* `tile-reduction` -- kernels built around one multiply-accumulate reduction (convolutions of every
+  kind, matmul/dense, batched matmul): a register tile of `rows x vector` accumulators kept in
+  registers across the whole reduction, the tile's rows on the axis whose operand does not move
+  with the vector axis (output channels of a convolution, rows of a matmul), the vector axis on
+  the innermost output dimension, the outer tiles spread over the cores; producers inlined (a
+  padding stage runs once, in parallel), the fused epilogue (bias, activation, residual add)
+  computed from the accumulators before they are stored.
+* `dot-product` -- a multiply-accumulate whose output axes do not tile (prime extents such as an
+  STFT's 257 x 97) but whose innermost reduction axis is long: vector-wide partial sums (rfactor).
+* `injective` -- elementwise and data movement: outer axes in parallel, the innermost loop whole
+  (LLVM vectorizes it).
+* `reduction` -- other reductions (pooling, mean, softmax, norms): outer axes in parallel.
+
+Each rule returns None when its pattern does not hold; a kernel no rule fits keeps TVM's loops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: most accumulator vector registers a register tile may use (x86 AVX-512 and AArch64 have 32
+#: vector registers; the rest hold the operands)
+MAX_ACCUMULATOR_REGISTERS = 24
+#: most rows of a register tile (squeezenet's convolutions: 16 rows 7.4 ms, 8 rows 8.6 ms, 4 rows 14.4 ms)
+MAX_TILE_ROWS = 16
+#: most vectors along the vector axis one tile holds when there is no row axis (matrix-vector)
+MAX_VECTOR_ROWS = 8
+#: most vectors of output channels in a channel-vector tile
+MAX_CHANNEL_VECTORS = 2
+#: below this many output elements per core a kernel is not worth a parallel loop
+MIN_PARALLEL_ELEMENTS = 4096
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """What the schedules need to know about a CPU target."""
+
+    vector_bits: int
+    cores: int
+
+    @classmethod
+    def from_target(cls, target) -> "CpuInfo":
+        from tvm.target.codegen import llvm_get_vector_width
+
+        try:
+            bits = int(llvm_get_vector_width(target))
+        except Exception:  # a target LLVM does not know: the baseline vector width of every ISA
+            bits = 128
+        cores = int(target.attrs.get("num-cores", 0) or 0) if hasattr(target, "attrs") else 0
+        return cls(vector_bits=bits if bits > 0 else 128, cores=max(cores, 1))
+
+    def lanes(self, dtype_bits: int) -> int:
+        return max(self.vector_bits // max(dtype_bits, 8), 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Block analysis helpers
+
+
+def _iter_kinds(block) -> str:
+    from tvm import tirx
+
+    return "".join({tirx.IterVar.DataPar: "S", tirx.IterVar.CommReduce: "R"}.get(iv.iter_type, "O")
+                   for iv in block.iter_vars)
+
+
+def _has_if_then_else(block) -> bool:
+    from tvm import get_global_func
+
+    return bool(get_global_func("s_tir.schedule.HasIfThenElse")(block))
+
+
+def _vars_in(expr) -> list:
+    from tvm.tirx.analysis import undefined_vars
+
+    return list(undefined_vars(expr))
+
+
+def _region_vars(region) -> list:
+    found = []
+    for dim in region.region:
+        found.extend(_vars_in(dim.min))
+    return found
+
+
+def _int_extent(sch, loop) -> int | None:
+    from tvm import tirx
+
+    extent = sch.get(loop).extent
+    return int(extent) if isinstance(extent, tirx.IntImm) else None
+
+
+def _is_multiply_accumulate(block) -> bool:
+    """The block's update is `out = out + a * b` (maybe with casts): a convolution or matmul."""
+    from tvm import tirx
+    from tvm.ir.expr import TensorLoad
+
+    store = block.body
+    if not isinstance(store, tirx.BufferStore):
+        return False
+    value = store.value
+    if not isinstance(value, tirx.Add):
+        return False
+    operands = [value.a, value.b]
+
+    def is_self_load(expr):
+        return isinstance(expr, TensorLoad) and expr.source.same_as(store.buffer)
+
+    def strip_cast(expr):
+        while isinstance(expr, tirx.Cast):
+            expr = expr.value
+        return expr
+
+    if is_self_load(operands[0]):
+        other = strip_cast(operands[1])
+    elif is_self_load(operands[1]):
+        other = strip_cast(operands[0])
+    else:
+        return False
+    return isinstance(other, tirx.Mul)
+
+
+def _loops_bind_iters(sch, block_rv) -> list | None:
+    """The block's loops when each binds exactly one block iter, in order (legalized TOPI form)."""
+    from tvm import tirx
+
+    loops = sch.get_loops(block_rv)
+    realize = sch.get_sref(block_rv).stmt
+    from tvm import get_global_func
+
+    block_realize = get_global_func("s_tir.schedule.GetSBlockRealize")(sch, block_rv)
+    bindings = list(block_realize.iter_values)
+    if len(loops) != len(bindings) or len(loops) != len(realize.iter_vars):
+        return None
+    for loop, binding in zip(loops, bindings):
+        if not (isinstance(binding, tirx.Var) and binding.same_as(sch.get(loop).loop_var)):
+            return None
+    return list(loops)
+
+
+# --------------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def _largest_divisor_at_most(value: int, limit: int) -> int:
+    for candidate in range(min(value, limit), 0, -1):
+        if value % candidate == 0:
+            return candidate
+    return 1
+
+
+def _vector_split(extent: int, lanes: int) -> int:
+    """How many elements of the vector axis one tile covers: the largest divisor of the extent
+    that fits one vector register. A divisor, because a guarded tail stops vectorization; one
+    register, because LLVM spills wider vectors of a local accumulator (measured: squeezenet's
+    55-wide 1x1 convolutions ran 12x slower with 55-lane vectors than with 11-lane ones).
+    """
+    return _largest_divisor_at_most(extent, lanes)
+
+
+def schedule_injective(sch, block_rv, cpu: CpuInfo, parallel: bool = True) -> None:
+    """Leading loops fused and spread over the cores; the innermost loop left whole.
+
+    LLVM vectorizes a plain innermost loop by itself; fusing or splitting it turns its indices
+    into div/mod expressions that defeat that (measured on squeezenet's pooling: 0.15 ms with the
+    innermost loop whole, 0.70 ms with it fused).
+    """
+    loops = sch.get_loops(block_rv)
+    if len(loops) < 2:
+        return
+    extents = [_int_extent(sch, loop) for loop in loops]
+    if any(extent is None for extent in extents):
+        return
+    total = 1
+    for extent in extents:
+        total *= extent
+    outer = loops[:-1]
+    if parallel and cpu.cores > 1 and total >= MIN_PARALLEL_ELEMENTS:
+        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        sch.parallel(fused)
+
+
+# --------------------------------------------------------------------------------------------------
+# Rules
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """A register tile: `vector_count` vectors of `vector` lanes along `vec_axis`, times `rows`
+    along `row_axis`; `pack` is the read index of a constant operand to re-lay out at compile time
+    so the vector axis is its innermost (contiguous) dimension."""
+
+    vec_axis: int
+    vector: int
+    vector_count: int
+    row_axis: int | None
+    rows: int
+    pack: int | None = None
+
+    @property
+    def accumulators(self) -> int:
+        return self.vector_count * self.rows
+
+
+def _mac_anchor(sch):
+    """(anchor block, producers, consumers) of a kernel built around one multiply-accumulate
+    reduction whose other blocks are all data-parallel; None when the kernel is not one."""
+    root = sch.get_sblock("root")
+    blocks = list(sch.get_child_blocks(root))
+    anchors = []
+    for block_rv in blocks:
+        kinds = _iter_kinds(sch.get(block_rv))
+        if "R" in kinds:
+            anchors.append(block_rv)
+        elif kinds.strip("S"):
+            return None
+    if len(anchors) != 1:
+        return None
+    anchor = anchors[0]
+    block = sch.get(anchor)
+    if not _is_multiply_accumulate(block) or len(block.writes) != 1:
+        return None
+    kinds = _iter_kinds(block)
+    if not kinds.startswith("S") or kinds != "S" * kinds.count("S") + "R" * kinds.count("R"):
+        return None
+    if _loops_bind_iters(sch, anchor) is None:
+        return None
+    index = _position(sch, blocks, anchor)
+    return anchor, blocks[:index], blocks[index + 1:]
+
+
+def _index_position(read, var) -> int | None:
+    """The dimension of a read region indexed by exactly `var`, if any."""
+    for position, dim in enumerate(read.region):
+        if isinstance(dim.min, type(var)) and dim.min.same_as(var):
+            return position
+    return None
+
+
+def _stride_of(read, var) -> int:
+    """How far consecutive values of `var` move along the read's innermost dimension (0: not at
+    all); 1 is contiguous. Only `var`, `var * c` and sums of such terms are understood."""
+    from tvm import tirx
+
+    def coefficient(expr) -> int | None:
+        if isinstance(expr, type(var)):
+            return 1 if expr.same_as(var) else 0
+        if isinstance(expr, tirx.IntImm):
+            return 0
+        if isinstance(expr, tirx.Add):
+            a, b = coefficient(expr.a), coefficient(expr.b)
+            return None if a is None or b is None else a + b
+        if isinstance(expr, tirx.Mul):
+            if isinstance(expr.b, tirx.IntImm):
+                inner = coefficient(expr.a)
+                return None if inner is None else inner * int(expr.b.value)
+            if isinstance(expr.a, tirx.IntImm):
+                inner = coefficient(expr.b)
+                return None if inner is None else inner * int(expr.a.value)
+        return None
+
+    result = coefficient(read.region[-1].min)
+    return -1 if result is None else result
+
+
+def plan_tile(sch, anchor, cpu: CpuInfo) -> TilePlan | None:
+    """The register tile for a multiply-accumulate block (None: no tile worth having).
+
+    Two layouts are considered. *Output-vector*: the vector along the innermost output axis
+    (contiguous in the output and, at stride 1, in the input), rows along the axis of the operand
+    the vector axis does not index (output channels of a convolution, rows of a matmul), so each
+    loaded operand value is broadcast to a whole row. *Channel-vector*: the vector along that
+    other axis instead, with the constant operand (the weights) re-laid out at compile time so
+    those values are contiguous, and rows along the innermost output axis; it wins when the
+    innermost axis has no divisor filling a vector register (55, 13, 7) or is strided (a
+    stride-2 convolution's input).
+    """
+    block = sch.get(anchor)
+    kinds = _iter_kinds(block)
+    n_spatial = kinds.count("S")
+    spatial_vars = [iv.var for iv in block.iter_vars][:n_spatial]
+    write = block.writes[0]
+    write_vars = [_vars_in(dim.min)[0] if len(_vars_in(dim.min)) == 1 else None for dim in write.region]
+    # the output is indexed by the spatial iters in order (TOPI's convolutions and matmuls)
+    if len(write_vars) != n_spatial or any(w is None or not w.same_as(v) for w, v in zip(write_vars, spatial_vars)):
+        return None
+    extents = [_int_extent(sch, loop) for loop in sch.get_loops(anchor)]
+    if any(extent is None for extent in extents):
+        return None
+    # the innermost output axis longer than 1 (a 1-D convolution written as a 2-D one has a
+    # trailing axis of 1); only unit axes follow it, so it is contiguous
+    inner_axis = max((axis for axis in range(n_spatial) if extents[axis] > 1), default=None)
+    if inner_axis is None:
+        return None
+    inner_var = spatial_vars[inner_axis]
+    lanes = cpu.lanes(write.source.dtype.bits)
+
+    # the operand the innermost axis does not index, and its reused output axis
+    reuse_axis, reuse_read = None, None
+    for read_index, read in enumerate(block.reads):
+        used = _region_vars(read)
+        if any(v.same_as(inner_var) for v in used):
+            continue
+        for axis in range(inner_axis - 1, -1, -1):
+            if extents[axis] > 1 and any(v.same_as(spatial_vars[axis]) for v in used):
+                reuse_axis, reuse_read = axis, read_index
+                break
+        if reuse_axis is not None:
+            break
+
+    vector = _vector_split(extents[inner_axis], lanes)
+    inner_stride = max((_stride_of(read, inner_var) for read in block.reads
+                        if any(v.same_as(inner_var) for v in _region_vars(read))), default=1)
+
+    # channel-vector: the reused axis in the lanes, its operand packed at compile time
+    if reuse_axis is not None and (vector < lanes or inner_stride != 1):
+        read = block.reads[reuse_read]
+        func = sch.mod["main"]
+        layout_free = [int(i) for i in (func.attrs.get("layout_free_buffers", []) if func.attrs else [])]
+        params = list(func.params)
+        is_constant = any(i < len(params) and params[i].same_as(read.source) for i in layout_free)
+        # a power-of-two vector dividing the channels, of at least half a register (1000 -> 8)
+        width = lanes
+        while width * 2 > lanes and extents[reuse_axis] % width:
+            width //= 2
+        # it must fill more lanes than the output-vector tile, or spare it strided loads
+        better = width > vector or (inner_stride != 1 and width * 2 >= lanes)
+        # the other operand must not move with the channels (a depthwise convolution's input
+        # does: its loads would become gathers)
+        reuse_var = spatial_vars[reuse_axis]
+        better = better and not any(
+            any(v.same_as(reuse_var) for v in _region_vars(other))
+            for index, other in enumerate(block.reads) if index != reuse_read and not other.source.same_as(write.source))
+        if (better and is_constant and extents[reuse_axis] % width == 0
+                and _index_position(read, spatial_vars[reuse_axis]) is not None):
+            rows = _largest_divisor_at_most(extents[inner_axis], MAX_TILE_ROWS)
+            count = _largest_divisor_at_most(extents[reuse_axis] // width, max(MAX_CHANNEL_VECTORS, 1))
+            while count > 1 and count * rows > MAX_ACCUMULATOR_REGISTERS:
+                count = _largest_divisor_at_most(extents[reuse_axis] // width, count - 1)
+            if rows * count >= 4:
+                return TilePlan(reuse_axis, width, count, inner_axis, rows, pack=reuse_read)
+
+    # output-vector
+    row_axis = reuse_axis
+    if row_axis is None:  # no reused operand: other output rows (independent accumulators)
+        row_axis = next((axis for axis in range(inner_axis - 1, -1, -1) if extents[axis] > 1), None)
+    rows = _largest_divisor_at_most(extents[row_axis], MAX_TILE_ROWS) if row_axis is not None else 1
+    count = 1
+    if rows == 1:  # a matrix-vector product: independent accumulators along the vector axis
+        count = _largest_divisor_at_most(extents[inner_axis] // vector, MAX_VECTOR_ROWS)
+    if vector * 2 < lanes and rows * count < 4:
+        return None  # prime extents: the `dot-product` rule vectorizes the reduction instead
+    return TilePlan(inner_axis, vector, count, row_axis if rows > 1 else None, rows)
+
+
+def _vector_operand_is_larger(block, plan: TilePlan) -> bool:
+    """Whether the operand indexed by the vector axis (and not the row axis) holds more elements
+    than the one indexed by the row axis (and not the vector axis)."""
+    spatial = [iv.var for iv in block.iter_vars]
+    vec_var, row_var = spatial[plan.vec_axis], spatial[plan.row_axis]
+
+    def size(read) -> int:
+        total = 1
+        for dim in read.source.shape:
+            total *= int(dim)
+        return total
+
+    vec_sizes, row_sizes = [0], [0]
+    for read in block.reads:
+        if read.source.same_as(block.writes[0].source):
+            continue
+        used = _region_vars(read)
+        has_vec = any(v.same_as(vec_var) for v in used)
+        has_row = any(v.same_as(row_var) for v in used)
+        if has_vec and not has_row:
+            vec_sizes.append(size(read))
+        elif has_row and not has_vec:
+            row_sizes.append(size(read))
+    return max(vec_sizes) > max(row_sizes)
+
+
+def _pad_vector_axis(sch, anchor, cpu: CpuInfo) -> bool:
+    """Pad an einsum (matmul) whose innermost output axis has no divisor filling a vector register
+    (a classifier's 18385 outputs: 5 lanes) to a multiple of the vector width (`pad_einsum`).
+
+    The zero-padded copies of constant operands are marked as weight re-layouts, so Relax splits
+    them out and folds them on the constants at compile time; the padded result is copied back
+    into the output by a consumer stage. False when nothing was padded.
+    """
+    block = sch.get(anchor)
+    kinds = _iter_kinds(block)
+    n_spatial = kinds.count("S")
+    extents = [_int_extent(sch, loop) for loop in sch.get_loops(anchor)]
+    if any(extent is None for extent in extents):
+        return False
+    axis = max((a for a in range(n_spatial) if extents[a] > 1), default=None)
+    lanes = cpu.lanes(block.writes[0].source.dtype.bits)
+    if axis is None or extents[axis] <= lanes or _vector_split(extents[axis], lanes) * 2 > lanes:
+        return False
+    padding = [1] * len(extents)
+    padding[axis] = lanes
+    func = sch.mod["main"]
+    layout_free = [int(i) for i in (func.attrs.get("layout_free_buffers", []) if func.attrs else [])]
+    constants = [func.params[i] for i in layout_free if i < len(func.params)]
+    root = sch.get_sblock("root")
+    before = {sch.get(b).name_hint for b in sch.get_child_blocks(root)}
+    try:
+        sch.pad_einsum(anchor, padding)
+    except Exception:  # not an einsum (a convolution's input index is a sum)
+        return False
+    for block_rv in sch.get_child_blocks(root):
+        new = sch.get(block_rv)
+        if new.name_hint in before or len(new.reads) != 1 or len(new.writes) != 1:
+            continue
+        if any(new.reads[0].source.same_as(constant) for constant in constants):
+            sch.annotate(block_rv, "meta_schedule.layout_rewrite_preproc", 1)
+    return True
+
+
+def tile_reduction(sch, cpu: CpuInfo) -> bool:
+    """Register-tiled multiply-accumulate with a fused epilogue; False when the pattern does not hold."""
+    found = _mac_anchor(sch)
+    if found is None:
+        return False
+    anchor, producers, consumers = found
+    root = sch.get_sblock("root")
+
+    # Producers: inline pure index remapping; a padding stage (if_then_else) stays a parallel pass.
+    kept_producers = []
+    for block_rv in producers:
+        if _has_if_then_else(sch.get(block_rv)):
+            kept_producers.append(block_rv)
+            continue
+        try:
+            sch.compute_inline(block_rv)
+        except Exception:
+            kept_producers.append(block_rv)
+
+    # Epilogue: every stage but the last inlined forward into its readers (an expression DAG such
+    # as GELU reads one intermediate several times), the last one later inlined into the store of
+    # the accumulators.
+    for block_rv in consumers[:-1]:
+        try:
+            sch.compute_inline(block_rv)
+        except Exception:
+            pass
+    blocks = list(sch.get_child_blocks(root))
+    consumers = blocks[_position(sch, blocks, anchor) + 1:]
+
+    padded = _pad_vector_axis(sch, anchor, cpu)
+    if padded:
+        blocks = list(sch.get_child_blocks(root))
+        index = _position(sch, blocks, anchor)
+        kept_producers += [b for b in blocks[:index] if not any(sch.get(b).same_as(sch.get(k)) for k in kept_producers)]
+        consumers = blocks[index + 1:]
+
+    plan = plan_tile(sch, anchor, cpu)
+    if plan is None:
+        return False
+    n_spatial = _iter_kinds(sch.get(anchor)).count("S")
+
+    if plan.pack is not None:
+        # weights re-laid out so the vector axis is innermost: a preprocessing block Relax splits
+        # out (SplitLayoutRewritePreproc) and folds on the constant at compile time
+        read = sch.get(anchor).reads[plan.pack]
+        position = _index_position(read, [iv.var for iv in sch.get(anchor).iter_vars][plan.vec_axis])
+        ndim = len(read.region)
+        lanes = plan.vector
+        packer = sch.cache_read(anchor, plan.pack, "global")
+        sch.annotate(packer, "meta_schedule.layout_rewrite_preproc", 1)
+        from tvm.tirx import IndexMap
+
+        def relayout(*index):
+            return (*index[:position], index[position] // lanes, *index[position + 1:], index[position] % lanes)
+
+        sch.transform_layout(anchor, ("read", plan.pack), IndexMap.from_func(relayout, ndim=ndim))
+
+    writeback = sch.cache_write(anchor, 0, "local")
+    if plan.vec_axis != n_spatial - 1:
+        # the accumulators with the vector axis innermost, so each is one register
+        from tvm.tirx import IndexMap
+
+        vec = plan.vec_axis
+        sch.transform_layout(anchor, ("write", 0),
+                             IndexMap.from_func(lambda *i: (*i[:vec], *i[vec + 1:], i[vec]), ndim=n_spatial))
+    unfused = []
+    for block_rv in consumers:
+        if padded:
+            # the stage copying the padded result back stays separate: inlined into the store of
+            # the accumulators it would write the padding past the output's end (TVM 0.27 drops
+            # the consumer's bound there)
+            unfused.append(block_rv)
+            continue
+        try:
+            sch.reverse_compute_inline(block_rv)
+        except Exception:
+            unfused.append(block_rv)
+
+    loops = sch.get_loops(anchor)
+    spatial_loops, reduction_loops = loops[:n_spatial], loops[n_spatial:]
+    inner = []
+    row_outer = None
+    if plan.row_axis is not None:
+        row_outer, row_inner = sch.split(spatial_loops[plan.row_axis], factors=[None, plan.rows])
+        inner.append(row_inner)
+    if plan.vector_count > 1:
+        vec_outer, vec_count, vec_inner = sch.split(spatial_loops[plan.vec_axis],
+                                                    factors=[None, plan.vector_count, plan.vector])
+        inner.append(vec_count)
+    else:
+        vec_outer, vec_inner = sch.split(spatial_loops[plan.vec_axis], factors=[None, plan.vector])
+    inner.append(vec_inner)
+    outer = []
+    for axis, loop in enumerate(spatial_loops):
+        outer.append(vec_outer if axis == plan.vec_axis else row_outer if axis == plan.row_axis else loop)
+    if row_outer is not None and _vector_operand_is_larger(sch.get(anchor), plan):
+        # consecutive tiles along the rows reuse the large operand's vector block from cache (a
+        # classifier's 120 x 18400 weights are read once instead of once per row tile)
+        outer = [loop for loop in outer if loop is not row_outer] + [row_outer]
+    sch.reorder(*outer, *reduction_loops, *inner)
+    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    sch.reverse_compute_at(writeback, fused, preserve_unit_loops=True)
+    if cpu.cores > 1:
+        sch.parallel(fused)
+    # vectorize and unroll before decomposing: the update block of a decomposed reduction no
+    # longer counts as a reduction block for the `vectorize` primitive's checks
+    sch.vectorize(vec_inner)
+    for loop in inner[:-1]:
+        sch.unroll(loop)
+    writeback_loops = sch.get_loops(writeback)
+    if plan.row_axis is not None and plan.row_axis > plan.vec_axis:
+        # channel-vector: the accumulators are stored across channel planes; the innermost
+        # output axis (the rows) stays the inner loop of the store
+        sch.unroll(writeback_loops[-1])
+    else:
+        sch.vectorize(writeback_loops[-1])
+    sch.decompose_reduction(anchor, reduction_loops[0])
+    for block_rv in kept_producers + unfused:
+        schedule_injective(sch, block_rv, cpu)
+    return True
+
+
+def _position(sch, blocks, block_rv) -> int:
+    target = sch.get(block_rv)
+    for i, candidate in enumerate(blocks):
+        if sch.get(candidate).same_as(target):
+            return i
+    raise ValueError("block not found")
+
+
+def schedule_all_injective(sch, cpu: CpuInfo) -> bool:
+    """Every block data-parallel: each gets the injective schedule."""
+    root = sch.get_sblock("root")
+    blocks = list(sch.get_child_blocks(root))
+    if not blocks or any(_iter_kinds(sch.get(b)).strip("S") for b in blocks):
+        return False
+    # chains of elementwise stages are already one loop nest after FuseTIR; inline what we can
+    remaining = []
+    for block_rv in blocks[:-1]:
+        try:
+            sch.compute_inline(block_rv)
+        except Exception:
+            remaining.append(block_rv)
+    for block_rv in remaining + [blocks[-1]]:
+        schedule_injective(sch, block_rv, cpu)
+    return True
+
+
+def schedule_reduction(sch, cpu: CpuInfo) -> bool:
+    """Pooling, mean and other reductions: elementwise stages inlined into the reductions that read
+    them; each remaining stage's leading spatial axes in parallel."""
+    root = sch.get_sblock("root")
+    blocks = list(sch.get_child_blocks(root))
+    if not blocks:
+        return False
+    for block_rv in blocks:
+        kinds = _iter_kinds(sch.get(block_rv))
+        if "O" in kinds or not kinds.startswith("S"):
+            return False
+        if _loops_bind_iters(sch, block_rv) is None:
+            return False
+    for block_rv in blocks[:-1]:
+        if "R" not in _iter_kinds(sch.get(block_rv)):
+            try:
+                sch.compute_inline(block_rv)
+            except Exception:
+                pass
+    for block_rv in sch.get_child_blocks(root):
+        block = sch.get(block_rv)
+        kinds = _iter_kinds(block)
+        loops = sch.get_loops(block_rv)
+        extents = [_int_extent(sch, loop) for loop in loops]
+        if any(extent is None for extent in extents):
+            return False
+        if "R" not in kinds:
+            schedule_injective(sch, block_rv, cpu)
+            continue
+        n_spatial = kinds.count("S")
+        spatial = loops[:n_spatial]
+        work = 1
+        for extent in extents:
+            work *= extent
+        if _expression_cost(block.body) >= COMPUTE_BOUND_NODES and _vectorize_spatial_lanes(sch, block_rv, extents, n_spatial, cpu):
+            continue
+        # The innermost spatial loops stay whole for LLVM to vectorize where the loops outside
+        # them give every core work (squeezenet's stride-2 pooling: 0.16 ms with the two
+        # innermost whole, 0.49 ms with the innermost in explicit vector lanes).
+        for keep in (2, 1, 0):
+            outer = spatial[:n_spatial - keep] if n_spatial > keep else []
+            parallelism = 1
+            for extent in extents[:len(outer)]:
+                parallelism *= extent
+            if outer and parallelism >= 4 * cpu.cores:
+                break
+        if not outer:
+            continue
+        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+        if cpu.cores > 1 and work >= MIN_PARALLEL_ELEMENTS:
+            sch.parallel(fused)
+    return True
+
+
+#: calls that make a reduction's body compute-bound (LLVM does not vectorize around them itself)
+TRANSCENDENTAL_OPS = frozenset({"tirx.tanh", "tirx.exp", "tirx.erf", "tirx.sigmoid", "tirx.log", "tirx.pow",
+                                "tirx.sqrt", "tirx.rsqrt"})
+
+
+#: a reduction body with at least this many arithmetic nodes is compute-bound (fast_exp expands
+#: to about 40; a max pool's body is 3)
+COMPUTE_BOUND_NODES = 24
+
+
+def _expression_cost(node) -> int:
+    """Nodes in an expression or store, a transcendental call counting as COMPUTE_BOUND_NODES."""
+    from tvm.ir.expr import Call
+
+    if isinstance(node, Call):
+        own = COMPUTE_BOUND_NODES if getattr(node.op, "name", "") in TRANSCENDENTAL_OPS else 1
+        return own + sum(_expression_cost(arg) for arg in node.args)
+    total = 1
+    for attribute in ("value", "a", "b", "condition", "true_value", "false_value"):
+        child = getattr(node, attribute, None)
+        if child is not None and not isinstance(child, (int, float, str)):
+            total += _expression_cost(child)
+    return total
+
+
+def _vectorize_spatial_lanes(sch, block_rv, extents, n_spatial: int, cpu: CpuInfo) -> bool:
+    """A reduction whose body is compute-bound (GELU before a global max pool): the innermost
+    spatial axis longer than 1 split into vector lanes and moved inside the reduction loops, the
+    rest in parallel; loads along that axis become gathers, cheap next to the math."""
+    block = sch.get(block_rv)
+    lanes = cpu.lanes(block.writes[0].source.dtype.bits)
+    axis = max((a for a in range(n_spatial) if extents[a] > 1), default=None)
+    if axis is None:
+        return False
+    while lanes >= 4 and extents[axis] % lanes:  # a power of two dividing the axis (40 rows -> 8)
+        lanes //= 2
+    if lanes < 4:
+        return False
+    loops = sch.get_loops(block_rv)
+    spatial, reduction = loops[:n_spatial], loops[n_spatial:]
+    lane_outer, lane_inner = sch.split(spatial[axis], factors=[None, lanes])
+    outer = [lane_outer if a == axis else loop for a, loop in enumerate(spatial)]
+    sch.reorder(*outer, *reduction, lane_inner)
+    fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    if cpu.cores > 1:
+        sch.parallel(fused)
+    sch.vectorize(lane_inner)
+    sch.decompose_reduction(block_rv, reduction[0])
+    return True
+
+
+def dot_product(sch, cpu: CpuInfo) -> bool:
+    """A multiply-accumulate whose output axes do not tile (prime extents, a strided input) but
+    whose innermost reduction axis is long: that axis split into vector-wide partial sums
+    (`rfactor`), accumulated in a vector register and summed at the end."""
+    root = sch.get_sblock("root")
+    blocks = list(sch.get_child_blocks(root))
+    anchors = [b for b in blocks if "R" in _iter_kinds(sch.get(b))]
+    if len(anchors) != 1 or any(_iter_kinds(sch.get(b)).strip("S") for b in blocks if b is not anchors[0]):
+        return False
+    anchor = anchors[0]
+    block = sch.get(anchor)
+    if not _is_multiply_accumulate(block) or _loops_bind_iters(sch, anchor) is None:
+        return False
+    kinds = _iter_kinds(block)
+    if kinds != "S" * kinds.count("S") + "R" * kinds.count("R"):
+        return False
+    index = _position(sch, blocks, anchor)
+    for block_rv in blocks[:index]:
+        if not _has_if_then_else(sch.get(block_rv)):
+            try:
+                sch.compute_inline(block_rv)
+            except Exception:
+                pass
+    loops = sch.get_loops(anchor)
+    extents = [_int_extent(sch, loop) for loop in loops]
+    if any(extent is None for extent in extents):
+        return False
+    n_spatial = kinds.count("S")
+    lanes = cpu.lanes(block.writes[0].source.dtype.bits)
+    vector = _largest_divisor_at_most(extents[-1], lanes)
+    if vector * 2 < lanes:
+        return False
+    reduction_outer, reduction_inner = sch.split(loops[-1], factors=[None, vector])
+    partial = sch.rfactor(reduction_inner, factor_axis=n_spatial)
+    partial_loops = sch.get_loops(partial)
+    # partial: spatial..., reductions..., reduction_outer, lane -> lane is already innermost
+    spatial = partial_loops[:n_spatial]
+    fused = sch.fuse(*spatial) if n_spatial > 1 else spatial[0]
+    sch.reverse_compute_at(anchor, fused, preserve_unit_loops=True)
+    if cpu.cores > 1:
+        sch.parallel(fused)
+    sch.vectorize(sch.get_loops(partial)[-1])
+    sch.decompose_reduction(partial, sch.get_loops(partial)[1])
+    for block_rv in blocks[index + 1:]:
+        schedule_injective(sch, block_rv, cpu)
+    for block_rv in blocks[:index]:
+        try:
+            sch.get(block_rv)
+        except Exception:
+            continue
+        schedule_injective(sch, block_rv, cpu)
+    return True
+
+
+RULES = (
+    ("tile-reduction", tile_reduction),
+    ("dot-product", dot_product),
+    ("injective", schedule_all_injective),
+    ("reduction", schedule_reduction),
+)
+
+
+def schedule_func(func, cpu: CpuInfo):
+    """(scheduled PrimFunc, rule name), or (None, None) when no rule fits."""
+    from tvm import s_tir
+
+    for name, rule in RULES:
+        sch = s_tir.Schedule(func)
+        try:
+            if rule(sch, cpu):
+                return sch.mod["main"], name
+        except Exception:  # a rule whose primitives refuse this kernel: the next rule, or TVM's loops
+            continue
+    return None, None

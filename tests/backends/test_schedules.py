@@ -1,0 +1,136 @@
+"""mcc's default CPU schedules: which rule schedules which kernel, and that the scheduled artifact
+computes what onnxruntime computes (each case compiled once with the schedules, from disk)."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from mcc.backends import get_backend
+from mcc.hwmodels import load_target
+from tests.conftest import ort_run
+
+
+def _model(nodes, inputs, output, initializers, opset=17):
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in inputs],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, [])],
+        initializer=[numpy_helper.from_array(array, name) for name, array in initializers.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _weights(*shape, seed=0):
+    return np.random.default_rng(seed).normal(scale=0.3, size=shape).astype(np.float32)
+
+
+def conv_bias_relu():
+    """3x3 convolution with padding, bias and ReLU: a padded producer and a fused epilogue."""
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"])]
+    return _model(nodes, [("x", (1, 8, 16, 16))], "y", {"w": _weights(32, 8, 3, 3), "b": _weights(32)})
+
+
+def depthwise_stride2():
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], group=16, strides=[2, 2], pads=[1, 1, 1, 1])]
+    return _model(nodes, [("x", (1, 16, 15, 15))], "y", {"w": _weights(16, 1, 3, 3)})
+
+
+def grouped_conv_odd_width():
+    """Two groups, an output width of 55 (its vector tile is a divisor: 11 lanes)."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], group=2)]
+    return _model(nodes, [("x", (1, 8, 5, 55))], "y", {"w": _weights(12, 4, 1, 1)})
+
+
+def stft_like_conv1d():
+    """Prime output extents (17 channels x 19 frames) and a long, strided window: no register tile."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], strides=[20])]
+    return _model(nodes, [("x", (1, 1, 424))], "y", {"w": _weights(17, 1, 64)})
+
+
+def gemv_gelu():
+    """A matrix-vector product with a tanh-GELU epilogue that reads its input several times."""
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["m"]),
+        helper.make_node("Mul", ["m", "m"], ["m2"]),
+        helper.make_node("Mul", ["m2", "m"], ["m3"]),
+        helper.make_node("Mul", ["m3", "k"], ["m4"]),
+        helper.make_node("Add", ["m", "m4"], ["inner"]),
+        helper.make_node("Tanh", ["inner"], ["t"]),
+        helper.make_node("Add", ["t", "one"], ["t1"]),
+        helper.make_node("Mul", ["m", "t1"], ["y"]),
+    ]
+    inits = {"w": _weights(64, 96), "k": np.array(0.044715, np.float32), "one": np.array(1.0, np.float32)}
+    return _model(nodes, [("x", (1, 64))], "y", inits)
+
+
+def batched_matmul():
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"])]
+    return _model(nodes, [("x", (2, 24, 40))], "y", {"w": _weights(40, 32)})
+
+
+def pool_and_softmax():
+    nodes = [helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[3, 3], strides=[2, 2]),
+             helper.make_node("GlobalAveragePool", ["p"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]),
+             helper.make_node("Softmax", ["f"], ["y"], axis=1)]
+    return _model(nodes, [("x", (1, 24, 33, 33))], "y", {})
+
+
+CASES = {
+    "conv_bias_relu": (conv_bias_relu, "tile-reduction"),
+    "depthwise_stride2": (depthwise_stride2, "tile-reduction"),
+    "grouped_conv_odd_width": (grouped_conv_odd_width, "tile-reduction"),
+    "stft_like_conv1d": (stft_like_conv1d, "dot-product"),
+    "gemv_gelu": (gemv_gelu, "tile-reduction"),
+    "batched_matmul": (batched_matmul, "tile-reduction"),
+    "pool_and_softmax": (pool_and_softmax, "reduction"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_scheduled_kernels_match_onnxruntime(case, tmp_path):
+    build, main_rule = CASES[case]
+    model = build()
+    backend = get_backend("tvm-llvm")
+    target = load_target("host").tvm()
+    shapes = {value.name: tuple(d.dim_value for d in value.type.tensor_type.shape.dim) for value in model.graph.input}
+    artifact = backend.compile(model, target, shapes, tmp_path / "m.so")
+    rules = artifact.details["default_schedules"]
+    assert main_rule in rules.values(), rules
+    feed = {name: np.random.default_rng(1).normal(size=shape).astype(np.float32) for name, shape in shapes.items()}
+    got = backend.load(artifact.library, model).run(feed)
+    want = ort_run(model, feed)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-5)
+
+
+def test_schedules_can_be_turned_off_and_then_nothing_is_scheduled(tmp_path):
+    model = conv_bias_relu()
+    artifact = get_backend("tvm-llvm").compile(model, load_target("host").tvm(), {"x": (1, 8, 16, 16)},
+                                               tmp_path / "m.so", default_schedules=False)
+    assert artifact.details["default_schedules"] == {}
+
+
+def test_vector_tile_is_a_divisor_that_fits_one_register():
+    from mcc.backends.tvm.schedules.cpu import _vector_split
+
+    assert _vector_split(224, 16) == 16
+    assert _vector_split(55, 16) == 11
+    assert _vector_split(13, 16) == 13
+    assert _vector_split(97, 16) == 1  # prime: no tile (the dot-product rule takes such kernels)
+
+
+def test_non_cpu_targets_are_left_alone():
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    from mcc.backends.tvm.schedules import apply_default_schedules
+
+    mod = relax.get_pipeline("zero")(from_onnx(batched_matmul(), shape_dict={"x": [2, 24, 40]}))
+    _, applied = apply_default_schedules(mod, tvm.target.Target({"kind": "cuda", "arch": "sm_80"}))
+    assert applied == {}
