@@ -58,6 +58,15 @@ class CompileRequest:
     #: the accuracy budget: outputs must keep this SQNR against the reference (instead of the
     #: precision's tolerances), and lossy rewrites (approximations of ops the target lacks) may apply
     min_sqnr_db: float | None = None
+    #: tune the kernels the target's tuning database lacks for this many seconds first (`--budget`)
+    budget_s: float | None = None
+    #: tuning: trials per kernel at most, trials per kernel per round, search ("evolutionary", "random")
+    max_trials_per_task: int = 32
+    trials_per_round: int = 8
+    search: str = "evolutionary"
+    #: validate (and measure tuning candidates) on an RPC device: the tracker's (host, port) and the key
+    rpc: tuple[str, int] | None = None
+    rpc_key: str | None = None
 
 
 @dataclass
@@ -206,22 +215,9 @@ def resolve_pipeline(text: str | None):
 
 def compile_model(request: CompileRequest) -> CompileOutcome:
     """Run the whole flow; raises MccError subclasses for user-facing failures."""
-    from mcc.backends import get_backend
-    from mcc.hwmodels import load_target
-    from mcc.toolchain import validate
-
     timer = Timer()
-    if request.precision not in validate.TOLERANCES:
-        raise UsageError(f"unknown precision '{request.precision}'; candidates are: {', '.join(validate.TOLERANCES)}")
-    if request.precision == "int8" and not request.calib_data:
-        raise UsageError("--precision int8 needs --calib-data FILE.npz (samples per input; or `random`, "
-                         "which the report flags)")
-    if request.calib_data and request.calib_data != "random" and not Path(request.calib_data).exists():
-        raise UsageError(f"--calib-data {request.calib_data}: no such file or folder")
     # Everything that can be checked without the model is checked first, before any work.
-    target = load_target(request.target)
-    backend = get_backend(target.backend)
-    passes = resolve_pipeline(request.passes)
+    target, backend, passes = _check_request(request)
     _check_explain(request.explain, passes)
     output_dir = Path(request.output_dir or default_output_dir(request.model_path, request.target)).absolute()
     if request.inputs_path is not None and not Path(request.inputs_path).is_file():
@@ -233,6 +229,7 @@ def compile_model(request: CompileRequest) -> CompileOutcome:
             raise UsageError(f"--dump-dir {request.dump_dir}: cannot create ({exc.strerror or exc})") from None
         if not os.access(request.dump_dir, os.W_OK):
             raise UsageError(f"--dump-dir {request.dump_dir}: not writable")
+    _check_remote(request)
     staging = prepare_staging(output_dir)
     try:
         report = _compile_into(request, target, backend, passes, staging, output_dir, timer)
@@ -241,6 +238,48 @@ def compile_model(request: CompileRequest) -> CompileOutcome:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return CompileOutcome(report=report, output_dir=output_dir)
+
+
+def _check_request(request: CompileRequest):
+    """The checks `mcc compile` and `mcc tune` share, before any work; (target, backend, passes)."""
+    from mcc.backends import get_backend
+    from mcc.hwmodels import load_target
+    from mcc.toolchain import validate
+
+    if request.precision not in validate.TOLERANCES:
+        raise UsageError(f"unknown precision '{request.precision}'; candidates are: {', '.join(validate.TOLERANCES)}")
+    if request.precision == "int8" and not request.calib_data:
+        raise UsageError("--precision int8 needs --calib-data FILE.npz (samples per input; or `random`, "
+                         "which the report flags)")
+    if request.calib_data and request.calib_data != "random" and not Path(request.calib_data).exists():
+        raise UsageError(f"--calib-data {request.calib_data}: no such file or folder")
+    if request.budget_s is not None and not request.budget_s > 0:
+        raise UsageError("--budget must be a positive duration")
+    if (request.rpc is None) != (request.rpc_key is None):
+        raise UsageError("--rpc HOST:PORT and --rpc-key KEY go together")
+    target = load_target(request.target)
+    backend = get_backend(target.backend)
+    passes = resolve_pipeline(request.passes)
+    if (request.budget_s is not None or request.rpc is not None) and _tuning_of(backend) is None:
+        raise UsageError(f"target '{target.name}': backend {backend.name} has no tuning or RPC support")
+    return target, backend, passes
+
+
+def _check_remote(request: CompileRequest) -> None:
+    """An unreachable tracker or a missing device key fails in one line before any work."""
+    if request.rpc is not None:
+        from mcc.backends.tvm import remote
+
+        remote.check_tracker(*request.rpc, request.rpc_key)
+
+
+def _tuning_of(backend):
+    """The tuning database module of a backend that has one (TVM's), else None."""
+    if backend.name.startswith("tvm-"):
+        from mcc.backends.tvm import tuning
+
+        return tuning
+    return None
 
 
 def _check_explain(names: tuple[str, ...], passes) -> None:
@@ -270,9 +309,26 @@ def _estimate_or_note(model: onnx.ModelProto, target, precision: str, ctx: PassC
         return None
 
 
-def _compile_into(request: CompileRequest, target, backend, passes, staging: Path, output_dir: Path, timer: Timer) -> dict:
-    """Load, optimize, compile, validate; write every output into `staging`; return the report."""
-    from mcc.backends.onnxruntime import ReferenceRunner
+@dataclass
+class _Optimized:
+    """The front half of a compile: the loaded model, its validation inputs, the optimized model."""
+
+    original: onnx.ModelProto
+    source_hash: str
+    fixed: object
+    constants: dict
+    inputs: dict
+    compile_shapes: dict
+    optimized: onnx.ModelProto
+    records: list
+    ctx: PassContext
+    stats_before: object
+    stats_after: object
+
+
+def _optimize(request: CompileRequest, target, backend, passes, timer: Timer, with_inputs: bool = True) -> _Optimized:
+    """Load, fix shapes, run the pass pipeline (and precision conversion), check the result and that
+    the backend can compile it: what `mcc compile` and `mcc tune` share."""
     from mcc.toolchain import validate
 
     with timer.measure("load"):
@@ -280,9 +336,10 @@ def _compile_into(request: CompileRequest, target, backend, passes, staging: Pat
         source_hash = ir.content_hash(original)
         static, fixed = ir.fix_input_shapes(original, request.input_shapes)
         static, constants = ir.specialize_inputs(static, request.const_inputs)
-        if request.inputs_path is not None:
+        inputs: dict = {}
+        if with_inputs and request.inputs_path is not None:
             inputs = validate.load_inputs(request.inputs_path, static, fixed.shapes)
-        else:
+        elif with_inputs:
             inputs = validate.random_inputs(static, fixed.shapes, seed=request.seed)
         inputs.update(constants)  # the reference runs the original model, where they are inputs
         compile_shapes = {name: shape for name, shape in fixed.shapes.items() if name not in constants}
@@ -337,6 +394,20 @@ def _compile_into(request: CompileRequest, target, backend, passes, staging: Pat
             f"for target '{target.name}'{more}" + (f"; no substitution applies ({why})" if why else "")
         )
 
+    return _Optimized(original, source_hash, fixed, constants, inputs, compile_shapes, optimized, records, ctx,
+                      stats_before, stats_after)
+
+
+def _compile_into(request: CompileRequest, target, backend, passes, staging: Path, output_dir: Path, timer: Timer) -> dict:
+    """Load, optimize, compile, validate; write every output into `staging`; return the report."""
+    from mcc.backends.onnxruntime import ReferenceRunner
+    from mcc.toolchain import validate
+
+    front = _optimize(request, target, backend, passes, timer)
+    original, optimized, ctx, inputs = front.original, front.optimized, front.ctx, front.inputs
+    records, constants, fixed, compile_shapes = front.records, front.constants, front.fixed, front.compile_shapes
+    stats_before, stats_after, source_hash = front.stats_before, front.stats_after, front.source_hash
+
     with timer.measure("estimate"):
         # The optimized model carries the precision it will run at (convert-float16 for fp16), so
         # the estimate reads the dtypes from it.
@@ -347,13 +418,36 @@ def _compile_into(request: CompileRequest, target, backend, passes, staging: Pat
         expected = ReferenceRunner(original).run(inputs)
 
     library_path = staging / f"{LIBRARY_STEM}{backend.library_suffix}"
+    tuning = _tuning_of(backend)
+    tuned_summary = None
+    remote_report = None
     with capture_native_output() as backend_log:
         tvm_target = target.tvm()
+        if tuning is not None:
+            for note in tuning.check_database(tvm_target):
+                ctx.note(note)
+        if request.budget_s is not None:
+            with timer.measure("tune"):
+                tuned_summary = _tune(request, tuning, optimized, tvm_target, compile_shapes)
+            if tuned_summary.interrupted:
+                raise KeyboardInterrupt  # the records measured so far are in the database
+            for note in tuned_summary.notes:
+                ctx.note(note)
         with timer.measure("compile"):
             artifact = backend.compile(optimized, tvm_target, compile_shapes, library_path)
+        with timer.measure("kernel_flops"):
+            kernels = _kernel_report(artifact.details, tuning, optimized, tvm_target, compile_shapes)
         with timer.measure("validate"):
-            runner = backend.load(library_path, optimized)  # from disk, never the in-memory executable
+            if request.rpc is None:
+                runner = backend.load(library_path, optimized)  # from disk, never the in-memory executable
+            else:
+                from mcc.backends.tvm import remote
+
+                runner = remote.RemoteRunner(remote.connect(*request.rpc, request.rpc_key), library_path, optimized)
             actual = runner.run(inputs)
+        if request.rpc is not None:
+            with timer.measure("remote_timing"):
+                remote_report = _remote_report(request, runner.time_ms(inputs))
     with timer.measure("save_model"):
         onnx.save(optimized, str(staging / MODEL_FILE))
     native_log = (reference_log.text + backend_log.text).strip()
@@ -398,8 +492,10 @@ def _compile_into(request: CompileRequest, target, backend, passes, staging: Pat
             "precision": request.precision,
             "inputs": "file" if request.inputs_path else f"random(seed={request.seed})",
             "reference": "onnxruntime on the original model",
+            "device": "local" if request.rpc is None else "remote",
             "outputs": [output.as_dict() for output in outputs],
         },
+        "kernels": kernels,
         "artifacts": {
             "model": str(output_dir / MODEL_FILE),
             "library": str(output_dir / library_path.name),
@@ -410,9 +506,88 @@ def _compile_into(request: CompileRequest, target, backend, passes, staging: Pat
     }
     if native_log:
         report["artifacts"]["native_log"] = str(output_dir / NATIVE_LOG_FILE)
+    if tuned_summary is not None:
+        report["tuning"] = tuned_summary.as_dict()
+    if remote_report is not None:
+        report["remote"] = remote_report
     timings = dict(timer.phases)
     timings.update({f"backend_{key}": value for key, value in artifact.timings_s.items()})
     timings["total"] = timer.total()
     report["timings_s"] = {key: round(value, 4) for key, value in timings.items()}
     write_json(staging / REPORT_FILE, report)
     return report
+
+
+# --------------------------------------------------------------------------------------------------
+# Tuning, kernel coverage, remote runs
+
+
+def _tune(request: CompileRequest, tuning, optimized: onnx.ModelProto, tvm_target, compile_shapes: dict):
+    """Tune the kernels of the optimized model that the target's database lacks, within the budget."""
+    runner = None
+    if request.rpc is not None:
+        from mcc.backends.tvm import remote
+
+        runner = remote.tuning_runner(*request.rpc, request.rpc_key)
+    summary = tuning.tune_model(
+        optimized, tvm_target, compile_shapes, request.budget_s, progress=request.progress, runner=runner,
+        max_trials_per_task=request.max_trials_per_task, trials_per_round=request.trials_per_round,
+        search=request.search,
+    )
+    if request.rpc is not None:
+        summary.runner = f"rpc {request.rpc[0]}:{request.rpc[1]} key {request.rpc_key}"
+    return summary
+
+
+def _kernel_report(details: dict, tuning, optimized: onnx.ModelProto, tvm_target, compile_shapes: dict) -> dict:
+    """The backend's kernel details plus `tuned_flops_fraction`: the share of the model's estimated
+    FLOPs (TVM's per-kernel estimate times calls) in kernels with a tuned schedule."""
+    kernels = dict(details)
+    tuned = list(details.get("tuned_kernels", []))
+    if tuning is None:
+        return kernels
+    kernels["tuning_database"] = str(tuning.database_dir(tvm_target))
+    if not tuned:
+        kernels["tuned_flops_fraction"] = 0.0
+        return kernels
+    flops = details.get("kernel_flops") or tuning.kernel_flops(
+        tuning.lowered_for_tuning(optimized, tvm_target, compile_shapes))
+    fraction = tuning.tuned_flops_fraction(flops, tuned)
+    kernels["tuned_flops_fraction"] = None if fraction is None else round(fraction, 4)
+    return kernels
+
+
+def _remote_report(request: CompileRequest, latencies_ms: list[float]) -> dict:
+    host, port = request.rpc
+    return {
+        "tracker": f"{host}:{port}",
+        "key": request.rpc_key,
+        "latency_ms": {
+            "median": float(np.median(latencies_ms)),
+            "min": float(min(latencies_ms)),
+            "runs": len(latencies_ms),
+        },
+    }
+
+
+@dataclass
+class TuneOutcome:
+    summary: object
+    notes: list[str]
+    pipeline: str
+
+
+def tune_model(request: CompileRequest) -> TuneOutcome:
+    """`mcc tune`: the front half of `mcc compile` (load, shapes, passes), then tune the kernels of
+    the optimized model that the target's tuning database lacks, within `request.budget_s`."""
+    if request.budget_s is None:
+        raise UsageError("mcc tune needs --budget (e.g. 10m)")
+    target, backend, passes = _check_request(request)  # also: the backend can tune
+    _check_remote(request)
+    front = _optimize(request, target, backend, passes, Timer(), with_inputs=False)
+    with capture_native_output() as native:
+        summary = _tune(request, _tuning_of(backend), front.optimized, target.tvm(), front.compile_shapes)
+    if native.text.strip() and summary.log:
+        with open(summary.log, "a") as stream:
+            stream.write("\n# native output\n" + native.text)
+    return TuneOutcome(summary=summary, notes=list(front.ctx.notes), pipeline=format_pipeline(passes))

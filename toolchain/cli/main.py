@@ -1,7 +1,8 @@
 """`mcc` entry point: subcommands, one-line errors, documented exit codes.
 
-Exit codes (also in the README): 0 success, 2 usage error, 3 bad input model, 4 validation
-failed, 5 unsupported by the target's backend, 70 internal error (a reproducer is written).
+Exit codes (also in the README): 0 success, 2 usage error (also an unreachable RPC tracker), 3 bad
+input model, 4 validation failed, 5 unsupported by the target's backend, 70 internal error (a
+reproducer is written), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from mcc.toolchain.errors import EXIT_INTERNAL, EXIT_USAGE, MccError, PassError
 from mcc.toolchain.cli.debug import debug_command
 from mcc.toolchain.cli.hardware import calibrate_command, estimate_command, targets_command
 from mcc.toolchain.cli.options import const_input_option, input_shape_option
+from mcc.toolchain.cli.tune import budget_option, progress_bars, rpc_options, tune_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,10 +49,12 @@ def cli() -> None:
                    "target lacks (listed in the report).")
 @click.option("--explain", "explain", multiple=True, metavar="RULE",
               help="Say where rewrite rule RULE fired and why it did not elsewhere (repeatable).")
+@budget_option("Tune the kernels the tuning database lacks for this long first, e.g. 5m (see `mcc tune`).")
+@rpc_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the summary.")
 def compile_command(model, target, output_dir, passes, input_shapes, const_inputs, inputs_path, precision, calib_data,
                     calib_method, seed,
-                    verify_each, dump_dir, min_sqnr_db, explain, as_json):
+                    verify_each, dump_dir, min_sqnr_db, explain, budget_s, rpc, rpc_key, as_json):
     """Optimize MODEL, compile it for TARGET, and validate the artifact against onnxruntime."""
     from mcc.toolchain.cli.summary import print_compile_summary
     from mcc.toolchain.driver import CompileRequest, compile_model
@@ -60,19 +64,9 @@ def compile_command(model, target, output_dir, passes, input_shapes, const_input
         model_path=model, target=target, output_dir=output_dir, passes=passes,
         input_shapes=dict(input_shapes), const_inputs=dict(const_inputs), inputs_path=inputs_path, precision=precision, calib_data=calib_data, calib_method=calib_method, seed=seed,
         verify_each=verify_each, dump_dir=dump_dir, explain=tuple(explain), min_sqnr_db=min_sqnr_db,
+        budget_s=budget_s, rpc=rpc, rpc_key=rpc_key,
     )
-    bars: dict[str, object] = {}
-
-    def progress(label: str, done: int, total: int) -> None:
-        """A progress bar on stderr per long step (int8 calibration)."""
-        if label not in bars:
-            bars[label] = click.progressbar(length=total, label=label, file=click.get_text_stream("stderr"))
-            bars[label].__enter__()
-        bars[label].update(1)
-        if done >= total:
-            bars.pop(label).__exit__(None, None, None)
-
-    request.progress = progress
+    request.progress = progress_bars()  # long steps: int8 calibration, tuning
     _CURRENT_REQUEST.append(request)
     outcome = compile_model(request)
     if as_json:
@@ -131,6 +125,7 @@ def passes_command(as_json):
         click.echo(f"warning: {error}", err=True)
 
 
+cli.add_command(tune_command)
 cli.add_command(estimate_command)
 cli.add_command(targets_command)
 cli.add_command(calibrate_command)

@@ -28,10 +28,21 @@ def print_compile_summary(report: dict, model_path) -> None:
         f"params {stats_before['params']:,} -> {stats_after['params']:,}, "
         f"MACs {stats_before['macs']:,} -> {stats_after['macs']:,}"
     )
+    tune_time = f"tune {timings['tune']:.2f}, " if "tune" in timings else ""
     click.echo(
-        f"  time       total {timings['total']:.2f} s (passes {timings.get('passes', 0):.2f}, "
+        f"  time       total {timings['total']:.2f} s (passes {timings.get('passes', 0):.2f}, {tune_time}"
         f"compile {timings.get('compile', 0):.2f}, validate {timings.get('validate', 0):.2f})"
     )
+    tuning = report.get("tuning")
+    if tuning:
+        click.echo(f"  tuning     {_tuning_counts(tuning)}")
+    kernels = report.get("kernels") or {}
+    if "tuned_flops_fraction" in kernels:
+        tuned = kernels.get("tuned_kernels", [])
+        fraction = kernels["tuned_flops_fraction"]
+        share = "n/a" if fraction is None else f"{100 * fraction:.0f}%"
+        click.echo(f"  kernels    {len(tuned)} with tuned schedules ({share} of estimated FLOPs), "
+                   f"{len(kernels.get('default_schedules', {}))} with default schedules")
     estimate = report.get("estimate")
     if estimate:
         click.echo(
@@ -39,7 +50,13 @@ def print_compile_summary(report: dict, model_path) -> None:
             f"energy {estimate['energy_mj']:.3f} mJ on {estimate['target']} (cost model; {estimate['verdict']})"
         )
     verdict = "PASSED" if validation["passed"] else "FAILED"
-    click.echo(f"  validation {verdict} vs onnxruntime ({validation['inputs']} inputs)")
+    remote = report.get("remote")
+    where = f", run on RPC device '{remote['key']}' via {remote['tracker']}" if remote else ""
+    click.echo(f"  validation {verdict} vs onnxruntime ({validation['inputs']} inputs{where})")
+    if remote:
+        latency = remote["latency_ms"]
+        click.echo(f"  latency    {latency['median']:.3f} ms median, {latency['min']:.3f} ms min over "
+                   f"{latency['runs']} runs on the RPC device")
     for output in validation["outputs"]:
         mark = "ok  " if output["passed"] else "FAIL"
         click.echo(
@@ -55,3 +72,29 @@ def print_compile_summary(report: dict, model_path) -> None:
         click.echo(f"  lossy: {line} (its error is part of the validation above)")
     artifacts = report["artifacts"]
     click.echo(f"  artifacts  {artifacts['library']}, {artifacts['model']}, {artifacts['report']}")
+
+
+def _tuning_counts(tuning: dict) -> str:
+    skipped = len(tuning["skipped"])
+    text = (f"{tuning['tasks_total']} kernels: {len(tuning['tuned'])} tuned now, "
+            f"{len(tuning['already_in_database'])} already in the database"
+            + (f", {skipped} skipped" if skipped else "")
+            + f"; {tuning['trials']} trials ({tuning['failed_trials']} failed), {tuning['records_written']} records "
+            f"written in {tuning['wall_s']:.1f} s of a {tuning['budget_s']:.0f} s budget")
+    if tuning.get("interrupted"):
+        return text + " (interrupted)"
+    return text + (" (the budget ran out)" if tuning["stopped_early"] else "")
+
+
+def print_tune_summary(outcome, model_path) -> None:
+    """What `mcc tune` did: the database, the kernels tuned, found or skipped (and why), the trials."""
+    tuning = outcome.summary.as_dict()
+    click.echo(f"mcc tune {model_path} -> {tuning['target']}")
+    click.echo(f"  database   {tuning['database']}")
+    click.echo(f"  tuning     {_tuning_counts(tuning)}")
+    for name, why in tuning["skipped"].items():
+        click.echo(f"    skipped  {name}: {why}")
+    if tuning["log"]:
+        click.echo(f"  log        {tuning['log']}")
+    for note in [*outcome.notes, *tuning["notes"]]:
+        click.echo(f"  note: {note}")
