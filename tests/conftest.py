@@ -18,10 +18,18 @@ EXAMPLE_INPUTS = REPO / "examples" / "digits_cnn_inputs.npz"
 
 
 def pytest_configure(config):
-    """Keep tests away from the user's cache (calibration profiles, later tuning records)."""
+    """Keep tests away from the user's cache (calibration profiles, tuning records)."""
     import tempfile
 
-    os.environ["MCC_CACHE_DIR"] = tempfile.mkdtemp(prefix="mcc-test-cache-")
+    config._mcc_cache_dir = tempfile.mkdtemp(prefix="mcc-test-cache-")
+    os.environ["MCC_CACHE_DIR"] = config._mcc_cache_dir
+
+
+def pytest_unconfigure(config):
+    """Remove the session's cache folder (one per run would pile up in the temp folder)."""
+    folder = getattr(config, "_mcc_cache_dir", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def parse_model(text: str) -> onnx.ModelProto:
