@@ -81,6 +81,17 @@ def pool_and_softmax():
     return _model(nodes, [("x", (1, 24, 33, 33))], "y", {})
 
 
+def scatter_then_packed_conv():
+    """TVM's scatter kernel (a root without blocks) beside a convolution whose weights are re-laid
+    out (13-wide output: channel-vector tile): SplitLayoutRewritePreproc must not see the former."""
+    nodes = [helper.make_node("ScatterElements", ["x", "i", "u"], ["s"]),
+             helper.make_node("Reshape", ["s", "shape"], ["r"]),
+             helper.make_node("Conv", ["r", "w"], ["y"])]
+    inits = {"i": np.array([[0, 1, 2]], np.int64), "u": _weights(1, 3), "shape": np.array([1, 32, 13, 13], np.int64),
+             "w": _weights(32, 32, 1, 1)}
+    return _model(nodes, [("x", (32 * 13, 13))], "y", inits)
+
+
 CASES = {
     "conv_bias_relu": (conv_bias_relu, "tile-reduction"),
     "depthwise_stride2": (depthwise_stride2, "tile-reduction"),
@@ -89,6 +100,7 @@ CASES = {
     "gemv_gelu": (gemv_gelu, "tile-reduction"),
     "batched_matmul": (batched_matmul, "tile-reduction"),
     "pool_and_softmax": (pool_and_softmax, "reduction"),
+    "scatter_then_packed_conv": (scatter_then_packed_conv, "tile-reduction"),
 }
 
 
@@ -101,11 +113,21 @@ def test_scheduled_kernels_match_onnxruntime(case, tmp_path):
     shapes = {value.name: tuple(d.dim_value for d in value.type.tensor_type.shape.dim) for value in model.graph.input}
     artifact = backend.compile(model, target, shapes, tmp_path / "m.so")
     rules = artifact.details["default_schedules"]
+    if case == "scatter_then_packed_conv":  # the re-laid-out kernel was split and folded
+        assert any(name.endswith("_prepacked") for name in _kernel_names(artifact.library)), rules
     assert main_rule in rules.values(), rules
     feed = {name: np.random.default_rng(1).normal(size=shape).astype(np.float32) for name, shape in shapes.items()}
     got = backend.load(artifact.library, model).run(feed)
     want = ort_run(model, feed)
     np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-5)
+
+
+def _kernel_names(library) -> list[str]:
+    """Symbols of the compiled kernels in an exported library (the LLVM module's functions)."""
+    import subprocess
+
+    output = subprocess.run(["nm", "-D", "--defined-only", str(library)], capture_output=True, text=True).stdout
+    return [line.split()[-1] for line in output.splitlines() if line.strip()]
 
 
 def test_schedules_can_be_turned_off_and_then_nothing_is_scheduled(tmp_path):

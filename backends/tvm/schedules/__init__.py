@@ -31,3 +31,29 @@ def apply_default_schedules(mod, target, skip: frozenset[str] = frozenset()):
     for gvar, func in updates.items():
         mod[gvar] = func
     return mod, applied
+
+
+def split_relayouts(mod):
+    """Move the weight re-layout blocks the schedules added into kernels of their own, then
+    evaluate those on the constant weights (Relax SplitLayoutRewritePreproc + FoldConstant).
+
+    SplitLayoutRewritePreproc asserts on kernels whose root holds no blocks (TVM's own scatter
+    kernels), so it sees only the kernels that carry a re-layout; the others are put back after.
+    """
+    import tvm
+    from tvm import relax
+
+    from mcc.backends.tvm.schedules.cpu import RELAYOUT_ATTR
+
+    others = {}
+    for gvar, func in mod.functions_items():
+        if isinstance(func, tvm.tirx.PrimFunc) and not (func.attrs and RELAYOUT_ATTR in func.attrs):
+            others[gvar] = func
+    if len(others) == sum(1 for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)):
+        return mod
+    for gvar in others:
+        del mod[gvar]
+    mod = relax.transform.SplitLayoutRewritePreproc()(mod)
+    for gvar, func in others.items():
+        mod[gvar] = func
+    return relax.transform.FoldConstant()(mod)

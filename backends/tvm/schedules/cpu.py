@@ -321,10 +321,7 @@ def plan_tile(sch, anchor, cpu: CpuInfo) -> TilePlan | None:
     # channel-vector: the reused axis in the lanes, its operand packed at compile time
     if reuse_axis is not None and (vector < lanes or inner_stride != 1):
         read = block.reads[reuse_read]
-        func = sch.mod["main"]
-        layout_free = [int(i) for i in (func.attrs.get("layout_free_buffers", []) if func.attrs else [])]
-        params = list(func.params)
-        is_constant = any(i < len(params) and params[i].same_as(read.source) for i in layout_free)
+        is_constant = _is_constant_operand(sch, read)
         # a power-of-two vector dividing the channels, of at least half a register (1000 -> 8)
         width = lanes
         while width * 2 > lanes and extents[reuse_axis] % width:
@@ -356,7 +353,60 @@ def plan_tile(sch, anchor, cpu: CpuInfo) -> TilePlan | None:
         count = _largest_divisor_at_most(extents[inner_axis] // vector, MAX_VECTOR_ROWS)
     if vector * 2 < lanes and rows * count < 4:
         return None  # prime extents: the `dot-product` rule vectorizes the reduction instead
-    return TilePlan(inner_axis, vector, count, row_axis if rows > 1 else None, rows)
+    # a constant operand the vector axis indexes along another dimension than its innermost (a
+    # matrix-vector product's W[n, k] in NCHW: vector loads would be gathers) is re-laid out
+    pack = None
+    for read_index, read in enumerate(block.reads):
+        if read.source.same_as(write.source) or not any(v.same_as(inner_var) for v in _region_vars(read)):
+            continue
+        position = _index_position(read, inner_var)
+        if _stride_of(read, inner_var) != 1 and position is not None and _is_constant_operand(sch, read):
+            pack = read_index
+            break
+    return TilePlan(inner_axis, vector, count, row_axis if rows > 1 else None, rows, pack=pack)
+
+
+def _is_constant_operand(sch, read) -> bool:
+    """Whether a read is of a parameter Relax passes a constant (AttachAttrLayoutFreeBuffers)."""
+    func = sch.mod["main"]
+    layout_free = [int(i) for i in (func.attrs.get("layout_free_buffers", []) if func.attrs else [])]
+    params = list(func.params)
+    return any(i < len(params) and params[i].same_as(read.source) for i in layout_free)
+
+
+def _deinterleave(stride: int):
+    """The index map x -> (x % stride, x // stride) on the innermost dimension."""
+
+    def index_map(*index):
+        return (*index[:-1], index[-1] % stride, index[-1] // stride)
+
+    return index_map
+
+
+def _deinterleave_strided_reads(sch, anchor, plan: TilePlan) -> list:
+    """Operands read with a stride along the vector axis (a stride-2 convolution's input) stored
+    de-interleaved instead, x -> (x % stride, x // stride), so the vector loads are contiguous
+    rather than gathers: the padding stage writes that layout, or a copy stage is added for an
+    operand the kernel receives. Returns the copy stages added (scheduled as passes over memory).
+    """
+    from tvm.tirx import IndexMap
+
+    added = []
+    block = sch.get(anchor)
+    vec_var = block.iter_vars[plan.vec_axis].var
+    for read_index, read in enumerate(block.reads):
+        if read.source.same_as(block.writes[0].source):
+            continue
+        stride = _stride_of(read, vec_var)
+        width = int(read.source.shape[-1])
+        if stride <= 1 or width % stride:
+            continue
+        produced_here = any(sch.get(b).writes and sch.get(b).writes[0].source.same_as(read.source)
+                            for b in sch.get_child_blocks(sch.get_sblock("root")))
+        if not produced_here:
+            added.append(sch.cache_read(anchor, read_index, "global"))
+        sch.transform_layout(anchor, ("read", read_index), IndexMap.from_func(_deinterleave(stride), ndim=len(read.region)))
+    return added
 
 
 def _vector_operand_is_larger(block, plan: TilePlan) -> bool:
@@ -423,8 +473,9 @@ def _pad_vector_axis(sch, anchor, cpu: CpuInfo) -> bool:
     return True
 
 
-def tile_reduction(sch, cpu: CpuInfo) -> bool:
-    """Register-tiled multiply-accumulate with a fused epilogue; False when the pattern does not hold."""
+def tile_reduction(sch, cpu: CpuInfo):
+    """Register-tiled multiply-accumulate with a fused epilogue; False when the pattern does not
+    hold, RELAYOUT when a constant operand is re-laid out (a block for Relax to split out)."""
     found = _mac_anchor(sch)
     if found is None:
         return False
@@ -480,6 +531,9 @@ def tile_reduction(sch, cpu: CpuInfo) -> bool:
             return (*index[:position], index[position] // lanes, *index[position + 1:], index[position] % lanes)
 
         sch.transform_layout(anchor, ("read", plan.pack), IndexMap.from_func(relayout, ndim=ndim))
+
+    if plan.pack is None or plan.vec_axis == n_spatial - 1:
+        kept_producers += _deinterleave_strided_reads(sch, anchor, plan)
 
     writeback = sch.cache_write(anchor, 0, "local")
     if plan.vec_axis != n_spatial - 1:
@@ -543,7 +597,7 @@ def tile_reduction(sch, cpu: CpuInfo) -> bool:
     sch.decompose_reduction(anchor, reduction_loops[0])
     for block_rv in kept_producers + unfused:
         schedule_injective(sch, block_rv, cpu)
-    return True
+    return RELAYOUT if plan.pack is not None or padded else True
 
 
 def _position(sch, blocks, block_rv) -> int:
@@ -631,6 +685,9 @@ TRANSCENDENTAL_OPS = frozenset({"tirx.tanh", "tirx.exp", "tirx.erf", "tirx.sigmo
                                 "tirx.sqrt", "tirx.rsqrt"})
 
 
+#: what a rule returns when it added a weight re-layout block (meta_schedule.layout_rewrite_preproc)
+RELAYOUT = "relayout"
+
 #: a reduction body with at least this many arithmetic nodes is compute-bound (fast_exp expands
 #: to about 40; a max pool's body is 3)
 COMPUTE_BOUND_NODES = 24
@@ -709,10 +766,12 @@ def dot_product(sch, cpu: CpuInfo) -> bool:
     vector = _largest_divisor_at_most(extents[-1], lanes)
     if vector * 2 < lanes:
         return False
-    reduction_outer, reduction_inner = sch.split(loops[-1], factors=[None, vector])
-    partial = sch.rfactor(reduction_inner, factor_axis=n_spatial)
+    _, lane = sch.split(loops[-1], factors=[None, vector])
+    partial = sch.rfactor(lane, factor_axis=n_spatial)
     partial_loops = sch.get_loops(partial)
-    # partial: spatial..., reductions..., reduction_outer, lane -> lane is already innermost
+    # partial: spatial..., reductions..., reduction outer, lane (now spatial, innermost). Measured
+    # on openwakeword's STFT: four partial-sum vectors per output (ILP) were 2.3x slower, the
+    # horizontal sums growing with them; a `local` partial buffer 1.5x slower.
     spatial = partial_loops[:n_spatial]
     fused = sch.fuse(*spatial) if n_spatial > 1 else spatial[0]
     sch.reverse_compute_at(anchor, fused, preserve_unit_loops=True)
@@ -746,8 +805,16 @@ def schedule_func(func, cpu: CpuInfo):
     for name, rule in RULES:
         sch = s_tir.Schedule(func)
         try:
-            if rule(sch, cpu):
-                return sch.mod["main"], name
+            result = rule(sch, cpu)
         except Exception:  # a rule whose primitives refuse this kernel: the next rule, or TVM's loops
             continue
+        if result:
+            scheduled = sch.mod["main"]
+            if result == RELAYOUT:
+                scheduled = scheduled.with_attr(RELAYOUT_ATTR, True)
+            return scheduled, name
     return None, None
+
+
+#: attribute of a scheduled kernel holding a weight re-layout block (see `split_relayouts`)
+RELAYOUT_ATTR = "mcc.weight_relayout"
