@@ -34,7 +34,10 @@ def legalize(mod):
         # TVM 0.27's pass reads `.name` of every callee and fails on a call to an ExternFunc (a
         # data-dependent Expand); such a module keeps the exact forms
         pass
-    return relax.get_pipeline("zero")(mod)
+    mod = relax.get_pipeline("zero")(mod)
+    # which kernel parameters are constants (weights): schedules, default or tuned, may re-lay
+    # them out at compile time
+    return relax.transform.AttachAttrLayoutFreeBuffers()(mod)
 
 
 def lower(mod, target, *, default_schedules: bool = True, use_tuning_records: bool = True):
@@ -44,8 +47,6 @@ def lower(mod, target, *, default_schedules: bool = True, use_tuning_records: bo
     database) and "default_schedules" (kernel -> mcc default CPU schedule rule); the others keep
     TVM's naive loops.
     """
-    from tvm import relax
-
     from mcc.backends.tvm import schedules, tuning
 
     mod = legalize(mod)
@@ -54,11 +55,9 @@ def lower(mod, target, *, default_schedules: bool = True, use_tuning_records: bo
         mod, tuned = tuning.apply_records(mod, target)
     applied: dict[str, str] = {}
     if default_schedules:
-        # which kernel parameters are constants (weights): schedules may re-lay them out
-        mod = relax.transform.AttachAttrLayoutFreeBuffers()(mod)
         mod, applied = schedules.apply_default_schedules(mod, target, skip=frozenset(tuned))
-        # weight re-layouts become their own kernels, evaluated on the constants now
-        mod = schedules.split_relayouts(mod)
+    # weight re-layouts become their own kernels, evaluated on the constants now
+    mod = schedules.split_relayouts(mod)
     return mod, {"tuned_kernels": sorted(tuned), "default_schedules": applied}
 
 

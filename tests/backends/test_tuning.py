@@ -64,7 +64,7 @@ MODEL_B = ([FEATURES, 32, 8], "features")
 # shares the first kernel too; compiled with --budget. Its Tanh is rewritten by the compile's
 # lowering (fast math) before records are looked up: tuning must see the same kernel
 MODEL_C = ([FEATURES, 32, 12], "x", "Tanh")
-SHARED = "fused_matmul_add_relu"
+SHARED = "fused_matmul_add_relu1"
 
 
 def save(tmp: Path, name: str, spec) -> Path:
@@ -91,7 +91,13 @@ def tuned(tmp_path_factory, target):
         calls = []
         summary_a = tuning.tune(lowered(MODEL_A, target), target, 300, progress=lambda *call: calls.append(call), **QUICK)
         summary_b = tuning.tune(lowered(MODEL_B, target), target, 300, **QUICK)
-        yield {"cache": cache, "a": summary_a, "b": summary_b, "progress": calls}
+        # One trial rarely beats mcc's default schedule, and a record that loses to it is not
+        # applied (test_a_record_is_applied_only_where_it_beats_the_default_schedule): these
+        # tests are about the records, so their default baselines go.
+        baselines = tuning.database_dir(target) / tuning.DEFAULTS_DIR
+        defaults_measured = len(tuning._lines(baselines / tuning.RECORD_FILE))
+        shutil.rmtree(baselines)
+        yield {"cache": cache, "a": summary_a, "b": summary_b, "progress": calls, "defaults_measured": defaults_measured}
 
 
 @pytest.fixture
@@ -103,6 +109,36 @@ def cache(tmp_path, monkeypatch):
 
 def use_cache(monkeypatch, directory: Path) -> None:
     monkeypatch.setenv("MCC_CACHE_DIR", str(directory))
+
+
+def test_tuning_measures_each_default_schedule_once(tuned):
+    assert tuned["a"].default_schedules_measured == 2  # both kernels of model A
+    assert tuned["b"].default_schedules_measured == 1  # B's own kernel; the shared one was measured
+    assert tuned["defaults_measured"] == 3
+
+
+def _baselines(tuned, tmp_path, monkeypatch, target, seconds: float) -> None:
+    """A copy of the tuned cache whose default baselines all measured `seconds`."""
+    from tvm.s_tir import meta_schedule as ms
+
+    copy = tmp_path / "cache"
+    shutil.copytree(tuned["cache"], copy)
+    use_cache(monkeypatch, copy)
+    directory = tuning.database_dir(target)
+    records = tuning._json_database(directory)
+    (directory / tuning.DEFAULTS_DIR).mkdir()
+    defaults = tuning._json_database(directory / tuning.DEFAULTS_DIR)
+    for record in records.get_all_tuning_records():
+        workload = defaults.commit_workload(record.workload.mod)
+        defaults.commit_tuning_record(ms.database.TuningRecord(record.trace, workload, [seconds], target,
+                                                               record.args_info))
+
+
+def test_a_record_is_applied_only_where_it_beats_the_default_schedule(tuned, tmp_path, monkeypatch, target):
+    _baselines(tuned, tmp_path / "fast", monkeypatch, target, 1e-12)  # defaults faster than any record
+    assert tuning.apply_records(lowered(MODEL_A, target), target)[1] == []
+    _baselines(tuned, tmp_path / "slow", monkeypatch, target, 100.0)  # defaults slower
+    assert tuning.apply_records(lowered(MODEL_A, target), target)[1] == sorted([SHARED, "matmul11"])
 
 
 def test_database_lives_in_the_cache_keyed_by_the_whole_target(cache, target, monkeypatch):
@@ -120,7 +156,7 @@ def test_database_lives_in_the_cache_keyed_by_the_whole_target(cache, target, mo
 
 def test_first_model_tunes_every_kernel_and_commits_records(tuned, target):
     summary = tuned["a"]
-    assert summary.tasks_total == 2 and sorted(summary.tuned) == sorted([SHARED, "matmul1"])
+    assert summary.tasks_total == 2 and sorted(summary.tuned) == sorted([SHARED, "matmul11"])
     assert summary.already_in_database == [] and summary.skipped == {}
     assert summary.trials == 2 and summary.failed_trials == 0 and summary.records_written == 2
     assert not summary.stopped_early
@@ -134,14 +170,14 @@ def test_first_model_tunes_every_kernel_and_commits_records(tuned, target):
 def test_second_model_reuses_the_shared_kernel(tuned):
     summary = tuned["b"]
     assert summary.already_in_database == [SHARED]
-    assert summary.tuned == ["matmul1"] and summary.trials == 1
+    assert summary.tuned == ["matmul11"] and summary.trials == 1
 
 
 def test_apply_records_replaces_the_tuned_kernels(tuned, target, monkeypatch):
     use_cache(monkeypatch, tuned["cache"])
     mod = lowered(MODEL_B, target)
     applied, names = tuning.apply_records(mod, target)
-    assert names == sorted([SHARED, "matmul1"])
+    assert names == sorted([SHARED, "matmul11"])
     assert all(not applied[name].same_as(mod[name]) for name in names)
 
 
@@ -161,7 +197,7 @@ def test_compile_reports_the_tuned_kernels_and_validates(tuned, tmp_path, monkey
     report = outcome.report
     assert outcome.passed and report["validation"]["device"] == "local"
     kernels = report["kernels"]
-    assert kernels["tuned_kernels"] == sorted([SHARED, "matmul1"])
+    assert kernels["tuned_kernels"] == sorted([SHARED, "matmul11"])
     assert kernels["tuned_flops_fraction"] == 1.0
     assert kernels["tuning_database"] == tuned["a"].database
     assert "tuning" not in report  # no --budget: records only
@@ -179,15 +215,20 @@ def test_compile_with_budget_tunes_what_is_missing_then_compiles(tuned, tmp_path
     report = outcome.report
     (new_kernel,) = report["tuning"]["tuned"]
     assert "tanh" in new_kernel and report["tuning"]["already_in_database"] == [SHARED]
-    assert report["kernels"]["tuned_kernels"] == sorted([SHARED, new_kernel])
-    assert report["kernels"]["tuned_flops_fraction"] == 1.0
+    assert report["tuning"]["default_schedules_measured"] == 1  # the new kernel's baseline
+    kernels = report["kernels"]
+    # the shared kernel's record has no baseline left (see `tuned`); the new kernel's one-trial
+    # record is used only if it beat the default schedule measured beside it
+    assert SHARED in kernels["tuned_kernels"]
+    assert new_kernel in kernels["tuned_kernels"] or new_kernel in kernels["default_schedules"]
+    assert 0 < kernels["tuned_flops_fraction"] <= 1.0
     assert outcome.passed  # the tuned artifact still matches onnxruntime
     assert "tune" in report["timings_s"]
 
 
 def test_partial_coverage_is_the_share_of_estimated_flops(tuned, target):
     flops = tuning.kernel_flops(lowered(MODEL_A, target))
-    assert flops == {SHARED: 2 * BATCH * FEATURES * 32 + 2 * BATCH * 32, "matmul1": 2 * BATCH * 32 * 16}
+    assert flops == {SHARED: 2 * BATCH * FEATURES * 32 + 2 * BATCH * 32, "matmul11": 2 * BATCH * 32 * 16}
     assert tuning.tuned_flops_fraction(flops, [SHARED]) == pytest.approx(flops[SHARED] / sum(flops.values()))
     assert tuning.tuned_flops_fraction({}, []) is None
 
@@ -247,7 +288,7 @@ def test_truncated_and_garbage_lines_are_dropped_and_the_rest_kept(tuned, tmp_pa
     (moved,) = directory.glob(f"{tuning.RECORD_FILE}.corrupt-*")
     assert "garbage" in moved.read_text()
     assert tuning.check_database(target) == []  # repaired once
-    assert tuning.apply_records(lowered(MODEL_A, target), target)[1] == sorted([SHARED, "matmul1"])
+    assert tuning.apply_records(lowered(MODEL_A, target), target)[1] == sorted([SHARED, "matmul11"])
 
 
 def test_records_are_renumbered_when_an_earlier_workload_is_dropped(tuned, tmp_path, monkeypatch, target):
@@ -266,7 +307,7 @@ def test_records_are_renumbered_when_an_earlier_workload_is_dropped(tuned, tmp_p
     notes = tuning.check_database(target)
     assert "rebuilt from its 2 valid record(s), 2 line(s) dropped" in notes[0]
     # B's last layer (workload line 2 -> 1) still finds its record; the shared kernel has none now
-    assert tuning.apply_records(lowered(MODEL_B, target), target)[1] == ["matmul1"]
+    assert tuning.apply_records(lowered(MODEL_B, target), target)[1] == ["matmul11"]
 
 
 def test_a_file_that_is_not_a_database_is_replaced_by_an_empty_one(tuned, tmp_path, monkeypatch, target):
@@ -286,7 +327,7 @@ def test_compile_reports_the_repair_in_its_notes(tuned, tmp_path, monkeypatch, t
     outcome = compile_model(CompileRequest(model_path=save(tmp_path, "a", MODEL_A), output_dir=tmp_path / "out"))
     assert outcome.passed
     assert any("was corrupt" in note for note in outcome.report["notes"])
-    assert outcome.report["kernels"]["tuned_kernels"] == sorted([SHARED, "matmul1"])
+    assert outcome.report["kernels"]["tuned_kernels"] == sorted([SHARED, "matmul11"])
 
 
 # --------------------------------------------------------------------------------------------------

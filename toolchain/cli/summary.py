@@ -79,6 +79,8 @@ def _tuning_counts(tuning: dict) -> str:
     text = (f"{tuning['tasks_total']} kernels: {len(tuning['tuned'])} tuned now, "
             f"{len(tuning['already_in_database'])} already in the database"
             + (f", {skipped} skipped" if skipped else "")
+            + (f"; {tuning['default_schedules_measured']} default schedules measured as baselines"
+               if tuning.get("default_schedules_measured") else "")
             + f"; {tuning['trials']} trials ({tuning['failed_trials']} failed), {tuning['records_written']} records "
             f"written in {tuning['wall_s']:.1f} s of a {tuning['budget_s']:.0f} s budget")
     if tuning.get("interrupted"):

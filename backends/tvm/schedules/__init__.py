@@ -38,16 +38,17 @@ def split_relayouts(mod):
     evaluate those on the constant weights (Relax SplitLayoutRewritePreproc + FoldConstant).
 
     SplitLayoutRewritePreproc asserts on kernels whose root holds no blocks (TVM's own scatter
-    kernels), so it sees only the kernels that carry a re-layout; the others are put back after.
+    kernels), so it sees only the kernels that carry a re-layout (from a default schedule or a
+    tuned record); the others are put back after.
     """
     import tvm
     from tvm import relax
 
-    from mcc.backends.tvm.schedules.cpu import RELAYOUT_ATTR
+    from mcc.backends.tvm.schedules.cpu import has_relayout_block
 
     others = {}
     for gvar, func in mod.functions_items():
-        if isinstance(func, tvm.tirx.PrimFunc) and not (func.attrs and RELAYOUT_ATTR in func.attrs):
+        if isinstance(func, tvm.tirx.PrimFunc) and not has_relayout_block(func):
             others[gvar] = func
     if len(others) == sum(1 for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)):
         return mod

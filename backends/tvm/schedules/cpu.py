@@ -469,13 +469,12 @@ def _pad_vector_axis(sch, anchor, cpu: CpuInfo) -> bool:
         if new.name_hint in before or len(new.reads) != 1 or len(new.writes) != 1:
             continue
         if any(new.reads[0].source.same_as(constant) for constant in constants):
-            sch.annotate(block_rv, "meta_schedule.layout_rewrite_preproc", 1)
+            sch.annotate(block_rv, RELAYOUT_ANNOTATION, 1)
     return True
 
 
-def tile_reduction(sch, cpu: CpuInfo):
-    """Register-tiled multiply-accumulate with a fused epilogue; False when the pattern does not
-    hold, RELAYOUT when a constant operand is re-laid out (a block for Relax to split out)."""
+def tile_reduction(sch, cpu: CpuInfo) -> bool:
+    """Register-tiled multiply-accumulate with a fused epilogue; False when the pattern does not hold."""
     found = _mac_anchor(sch)
     if found is None:
         return False
@@ -524,7 +523,7 @@ def tile_reduction(sch, cpu: CpuInfo):
         ndim = len(read.region)
         lanes = plan.vector
         packer = sch.cache_read(anchor, plan.pack, "global")
-        sch.annotate(packer, "meta_schedule.layout_rewrite_preproc", 1)
+        sch.annotate(packer, RELAYOUT_ANNOTATION, 1)
         from tvm.tirx import IndexMap
 
         def relayout(*index):
@@ -597,7 +596,7 @@ def tile_reduction(sch, cpu: CpuInfo):
     sch.decompose_reduction(anchor, reduction_loops[0])
     for block_rv in kept_producers + unfused:
         schedule_injective(sch, block_rv, cpu)
-    return RELAYOUT if plan.pack is not None or padded else True
+    return True
 
 
 def _position(sch, blocks, block_rv) -> int:
@@ -684,9 +683,6 @@ def schedule_reduction(sch, cpu: CpuInfo) -> bool:
 TRANSCENDENTAL_OPS = frozenset({"tirx.tanh", "tirx.exp", "tirx.erf", "tirx.sigmoid", "tirx.log", "tirx.pow",
                                 "tirx.sqrt", "tirx.rsqrt"})
 
-
-#: what a rule returns when it added a weight re-layout block (meta_schedule.layout_rewrite_preproc)
-RELAYOUT = "relayout"
 
 #: a reduction body with at least this many arithmetic nodes is compute-bound (fast_exp expands
 #: to about 40; a max pool's body is 3)
@@ -798,23 +794,38 @@ RULES = (
 )
 
 
-def schedule_func(func, cpu: CpuInfo):
-    """(scheduled PrimFunc, rule name), or (None, None) when no rule fits."""
+def schedule(func, cpu: CpuInfo):
+    """(s_tir.Schedule holding the scheduled kernel and its trace, rule name), or (None, None)
+    when no rule fits."""
     from tvm import s_tir
 
     for name, rule in RULES:
         sch = s_tir.Schedule(func)
         try:
-            result = rule(sch, cpu)
+            if rule(sch, cpu):
+                return sch, name
         except Exception:  # a rule whose primitives refuse this kernel: the next rule, or TVM's loops
             continue
-        if result:
-            scheduled = sch.mod["main"]
-            if result == RELAYOUT:
-                scheduled = scheduled.with_attr(RELAYOUT_ATTR, True)
-            return scheduled, name
     return None, None
 
 
-#: attribute of a scheduled kernel holding a weight re-layout block (see `split_relayouts`)
-RELAYOUT_ATTR = "mcc.weight_relayout"
+def schedule_func(func, cpu: CpuInfo):
+    """(scheduled PrimFunc, rule name), or (None, None) when no rule fits."""
+    sch, name = schedule(func, cpu)
+    return (None, None) if sch is None else (sch.mod["main"], name)
+
+
+def has_relayout_block(func) -> bool:
+    """Whether a kernel's root holds a weight re-layout block (ours, or a tuned record's)."""
+    from tvm import s_tir
+
+    try:
+        sch = s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    except Exception:  # a kernel without the usual root block (TVM's scatter kernels)
+        return False
+    return any(RELAYOUT_ANNOTATION in sch.get(block).annotations for block in blocks)
+
+
+#: the block annotation Relax's SplitLayoutRewritePreproc moves into a kernel of its own
+RELAYOUT_ANNOTATION = "meta_schedule.layout_rewrite_preproc"
