@@ -351,14 +351,30 @@ def footnote_lines() -> list[str]:
     ]
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """--shared, --repeat, --models and --markdown-out (the benchmarks over the shared models)."""
     parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED,
                         help="folder holding the shared models (default: <repo>/../shared/models)")
     parser.add_argument("--repeat", type=int, default=20, help="timed runs per model and runtime (default 20)")
     parser.add_argument("--models", default=None,
                         help="only models whose name or path contains one of these comma-separated substrings")
     parser.add_argument("--markdown-out", type=Path, default=None, help="also write the header and table here")
+
+
+def selected_models(args: argparse.Namespace, tool: str) -> list[ModelSpec]:
+    """The shared models `--models` selects; exits with one line when there are none."""
+    shared = args.shared.resolve()
+    if not shared.is_dir():
+        sys.exit(f"{tool}: shared models folder '{shared}' does not exist; pass --shared PATH")
+    models = select_models(discover_models(shared), args.models)
+    if not models:
+        sys.exit(f"{tool}: no model under '{shared}' matches --models {args.models!r}")
+    return models
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_arguments(parser)
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -369,11 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     shared = args.shared.resolve()
-    if not shared.is_dir():
-        sys.exit(f"compile_host: shared models folder '{shared}' does not exist; pass --shared PATH")
-    models = select_models(discover_models(shared), args.models)
-    if not models:
-        sys.exit(f"compile_host: no model under '{shared}' matches --models {args.models!r}")
+    models = selected_models(args, "compile_host")
 
     from mcc.hwmodels import load_target
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compile_host  # noqa: E402  (sets TVM_NUM_THREADS before tvm is imported)
-from compile_host import THREADS, discover_models, first_line, message_line, select_models  # noqa: E402
+from compile_host import THREADS, first_line, message_line  # noqa: E402
 
 _CACHE = tempfile.TemporaryDirectory(prefix="mcc-bench-cache-")
 os.environ["MCC_CACHE_DIR"] = _CACHE.name
@@ -274,19 +274,14 @@ def table_lines(rows: list[Row], tuned: bool) -> list[str]:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shared", type=Path, default=compile_host.DEFAULT_SHARED,
-                        help="folder holding the shared models (default: <repo>/../shared/models)")
-    parser.add_argument("--repeat", type=int, default=20, help="timed runs per measurement (default 20)")
-    parser.add_argument("--models", default=None,
-                        help="only models whose name or path contains one of these comma-separated substrings")
+    compile_host.add_common_arguments(parser)
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating timing rounds of onnxruntime and the TVM artifacts (default 3)")
     parser.add_argument("--tune-budget-s", type=float, default=0.0,
                         help="also tune each model for this many seconds and time the tuned artifact (default: 0, no tuning)")
-    parser.add_argument("--markdown-out", type=Path, default=None, help="also write the header and table here")
     args = parser.parse_args(argv)
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
+    if args.repeat < 1 or args.rounds < 1:
+        parser.error("--repeat and --rounds must be at least 1")
     return args
 
 
@@ -294,11 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     shared = args.shared.resolve()
-    if not shared.is_dir():
-        sys.exit(f"host_latency: shared models folder '{shared}' does not exist; pass --shared PATH")
-    models = select_models(discover_models(shared), args.models)
-    if not models:
-        sys.exit(f"host_latency: no model under '{shared}' matches --models {args.models!r}")
+    models = compile_host.selected_models(args, "host_latency")
 
     from mcc.hwmodels import load_target
 
