@@ -6,18 +6,25 @@ chosen analytically from the kernel's shape and the target's vector width and co
 
 * `tile-reduction` -- kernels built around one multiply-accumulate reduction (convolutions of every
   kind, matmul/dense, batched matmul): a register tile of `rows x vector` accumulators kept in
-  registers across the whole reduction, the tile's rows on the axis whose operand does not move
-  with the vector axis (output channels of a convolution, rows of a matmul), the vector axis on
-  the innermost output dimension, the outer tiles spread over the cores; producers inlined (a
-  padding stage runs once, in parallel), the fused epilogue (bias, activation, residual add)
-  computed from the accumulators before they are stored.
+  registers across the whole reduction, the outer tiles spread over the cores, producers inlined
+  (a padding stage runs once, in parallel), the fused epilogue (bias, activation, residual add)
+  computed from the accumulators before they are stored (`plan_tile` picks the layout):
+  - output-vector: lanes on the innermost output axis, rows on the axis of the operand that does
+    not move with it (output channels of a convolution, rows of a matmul);
+  - channel-vector: lanes on the output channels, rows on the innermost axis, when that axis has
+    no divisor filling a register or is strided;
+  - constant operands the lanes would gather from are re-laid out at compile time (a block Relax
+    splits out and folds on the weights); strided inputs are stored de-interleaved; an einsum
+    whose vector axis has no good divisor is padded (`pad_einsum`).
 * `dot-product` -- a multiply-accumulate whose output axes do not tile (prime extents such as an
   STFT's 257 x 97) but whose innermost reduction axis is long: vector-wide partial sums (rfactor).
 * `injective` -- elementwise and data movement: outer axes in parallel, the innermost loop whole
   (LLVM vectorizes it).
-* `reduction` -- other reductions (pooling, mean, softmax, norms): outer axes in parallel.
+* `reduction` -- other reductions (pooling, mean, softmax, norms): elementwise producers inlined,
+  outer axes in parallel; compute-bound bodies (GELU then max, softmax's exp-sum) in vector lanes
+  across an outer axis.
 
-Each rule returns None when its pattern does not hold; a kernel no rule fits keeps TVM's loops.
+Each rule returns False when its pattern does not hold; a kernel no rule fits keeps TVM's loops.
 """
 
 from __future__ import annotations
@@ -202,10 +209,6 @@ class TilePlan:
     row_axis: int | None
     rows: int
     pack: int | None = None
-
-    @property
-    def accumulators(self) -> int:
-        return self.vector_count * self.rows
 
 
 def _mac_anchor(sch):
