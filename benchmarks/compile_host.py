@@ -381,14 +381,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
-    shared = args.shared.resolve()
-    models = selected_models(args, "compile_host")
-
+def run_models(argv: list[str], args: argparse.Namespace, tool: str, measure) -> tuple[list[str], object, list]:
+    """Print the run's header, then `measure(spec, target, workdir)` for every model `--models`
+    selects, with progress on stderr; returns (header lines, TVM target, rows)."""
     from mcc.hwmodels import load_target
 
+    models = selected_models(args, tool)
     header = header_lines([sys.argv[0], *argv])
     print("\n".join(header), flush=True)
     target = load_target(TARGET).tvm()
@@ -398,14 +396,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{spec.name}] ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="mcc-bench-") as workdir:
-            rows.append(benchmark(spec, shared, target, args.repeat, Path(workdir)))
+            rows.append(measure(spec, target, Path(workdir)))
         print(f"[{spec.name}] done in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    return header, target, rows
 
-    text = "\n".join([*header, f"target: `{target}`", "", *table_lines(rows), *footnote_lines()]) + "\n"
+
+def publish(header: list[str], target, lines: list[str], markdown_out: Path | None) -> None:
+    """Print the table (and notes) and, with --markdown-out, write header, target and table there."""
     print()
-    print("\n".join(table_lines(rows) + footnote_lines()))
-    if args.markdown_out is not None:
-        args.markdown_out.write_text(text)
+    print("\n".join(lines))
+    if markdown_out is not None:
+        markdown_out.write_text("\n".join([*header, f"target: `{target}`", "", *lines]) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    shared = args.shared.resolve()
+    header, target, rows = run_models(
+        argv, args, "compile_host", lambda spec, target, workdir: benchmark(spec, shared, target, args.repeat, workdir))
+    publish(header, target, table_lines(rows) + footnote_lines(), args.markdown_out)
     return 0
 
 

@@ -289,29 +289,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     shared = args.shared.resolve()
-    models = compile_host.selected_models(args, "host_latency")
 
-    from mcc.hwmodels import load_target
+    def measure(spec, target, workdir: Path) -> Row:
+        row = benchmark(spec, shared, target, args.repeat, args.rounds, args.tune_budget_s, workdir)
+        print(f"[{spec.name}] {row.ms}", file=sys.stderr, flush=True)
+        return row
 
-    header = compile_host.header_lines([sys.argv[0], *argv])
-    print("\n".join(header), flush=True)
-    target = load_target(TARGET).tvm()
-    print(f"target: {target}", flush=True)
-    rows = []
-    for spec in models:
-        print(f"[{spec.name}] ...", file=sys.stderr, flush=True)
-        start = time.perf_counter()
-        with tempfile.TemporaryDirectory(prefix="mcc-bench-") as workdir:
-            rows.append(benchmark(spec, shared, target, args.repeat, args.rounds, args.tune_budget_s, Path(workdir)))
-        print(f"[{spec.name}] done in {time.perf_counter() - start:.0f} s: {rows[-1].ms}", file=sys.stderr, flush=True)
-    tuned = args.tune_budget_s > 0
+    header, target, rows = compile_host.run_models(argv, args, "host_latency", measure)
     load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
-    footer = ["", f"Load average at the end: {load}."]
-    text = "\n".join([*header, f"target: `{target}`", "", *table_lines(rows, tuned), *footer]) + "\n"
-    print()
-    print("\n".join(table_lines(rows, tuned) + footer))
-    if args.markdown_out is not None:
-        args.markdown_out.write_text(text)
+    compile_host.publish(header, target, table_lines(rows, args.tune_budget_s > 0) + ["", f"Load average at the end: {load}."],
+                         args.markdown_out)
     return 0
 
 

@@ -616,12 +616,8 @@ def _seed_default_schedules(pending, target, defaults, builder, runner, deadline
         try:
             device = "cpu" if target.kind.name == "llvm" else target.kind.name
             result = runner.run([ms.runner.RunnerInput(built.artifact_path, device, args_info)])[0].result()
-        finally:
-            builder_artifact = built.artifact_path
-            if builder_artifact and os.path.isdir(os.path.dirname(builder_artifact)):
-                import shutil
-
-                shutil.rmtree(os.path.dirname(builder_artifact), ignore_errors=True)
+        finally:  # the built library's temporary folder, as RemoveBuildArtifact does for trials
+            shutil.rmtree(os.path.dirname(built.artifact_path), ignore_errors=True)
         if result.error_msg is not None or not result.run_secs:
             continue
         workload = defaults.commit_workload(workload_mod)

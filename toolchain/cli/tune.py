@@ -28,35 +28,35 @@ def parse_budget(text: str) -> float:
     return seconds
 
 
-def _budget_callback(ctx, param, value):
-    if value is None:
-        return None
-    try:
-        return parse_budget(value)
-    except UsageError as exc:
-        raise click.BadParameter(str(exc)) from None
+def _parsed_by(parse):
+    """A click callback running `parse` on a given value; its UsageError becomes a bad parameter."""
+
+    def callback(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except UsageError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return callback
 
 
-def _rpc_callback(ctx, param, value):
-    if value is None:
-        return None
+def _parse_address(value: str):
     from mcc.backends.tvm.remote import parse_address
 
-    try:
-        return parse_address(value)
-    except UsageError as exc:
-        raise click.BadParameter(str(exc)) from None
+    return parse_address(value)
 
 
 def budget_option(help_text: str, required: bool = False):
-    return click.option("--budget", "budget_s", callback=_budget_callback, metavar="DURATION", required=required,
+    return click.option("--budget", "budget_s", callback=_parsed_by(parse_budget), metavar="DURATION", required=required,
                         help=help_text)
 
 
 def rpc_options(function):
     function = click.option("--rpc-key", default=None, metavar="KEY",
                             help="Device key the RPC tracker knows the device's server by (with --rpc).")(function)
-    return click.option("--rpc", "rpc", callback=_rpc_callback, default=None, metavar="HOST:PORT",
+    return click.option("--rpc", "rpc", callback=_parsed_by(_parse_address), default=None, metavar="HOST:PORT",
                         help="A TVM RPC tracker: run on its --rpc-key device instead of this machine.")(function)
 
 

@@ -458,9 +458,6 @@ def _pad_vector_axis(sch, anchor, cpu: CpuInfo) -> bool:
         return False
     padding = [1] * len(extents)
     padding[axis] = lanes
-    func = sch.mod["main"]
-    layout_free = [int(i) for i in (func.attrs.get("layout_free_buffers", []) if func.attrs else [])]
-    constants = [func.params[i] for i in layout_free if i < len(func.params)]
     root = sch.get_sblock("root")
     before = {sch.get(b).name_hint for b in sch.get_child_blocks(root)}
     try:
@@ -471,7 +468,7 @@ def _pad_vector_axis(sch, anchor, cpu: CpuInfo) -> bool:
         new = sch.get(block_rv)
         if new.name_hint in before or len(new.reads) != 1 or len(new.writes) != 1:
             continue
-        if any(new.reads[0].source.same_as(constant) for constant in constants):
+        if _is_constant_operand(sch, new.reads[0]):
             sch.annotate(block_rv, RELAYOUT_ANNOTATION, 1)
     return True
 
