@@ -152,9 +152,94 @@ class PadIntoMaxPool(_PadInto):
         return None
 
 
+def _attr_text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class _ExplicitAutoPad(Rule):
+    """auto_pad SAME_UPPER / SAME_LOWER / VALID -> the explicit `pads` it means, for the input's
+    static spatial shape (ONNX's formula: output = ceil(input / stride) for SAME, the odd pixel at the
+    end for SAME_UPPER, at the beginning for SAME_LOWER). Backends then see ordinary padding: TVM's
+    importer otherwise emits a separate padding kernel, which hides the convolution's input from
+    the rewrites that follow (a quantized convolution's integer lowering)."""
+
+    def check(self, m: Match) -> str | None:
+        node = m.node("consumer")
+        mode = _attr_text(node.attrs.get("auto_pad", "NOTSET"))
+        if mode == "NOTSET":
+            return "the node has explicit pads (auto_pad NOTSET)"
+        if mode not in ("SAME_UPPER", "SAME_LOWER", "VALID"):
+            return f"unknown auto_pad {mode}"
+        if self._pads(m) is None:
+            return "the input's spatial shape or the kernel shape is not static"
+        return None
+
+    def _kernel(self, m: Match) -> list[int] | None:
+        kernel = list(m.node("consumer").attrs.get("kernel_shape", []))
+        if not kernel and "w" in m.tensors:
+            shape = m.shape("w")
+            kernel = list(shape[2:]) if shape is not None else []
+        return [int(k) for k in kernel] if kernel and all(isinstance(k, (int, np.integer)) for k in kernel) else None
+
+    def _pads(self, m: Match) -> list[int] | None:
+        node = m.node("consumer")
+        shape, kernel = m.shape("x"), self._kernel(m)
+        if shape is None or kernel is None or len(shape) != len(kernel) + 2:
+            return None
+        spatial = shape[2:]
+        if not all(isinstance(d, (int, np.integer)) and d > 0 for d in spatial):
+            return None
+        mode = _attr_text(node.attrs.get("auto_pad"))
+        strides = list(node.attrs.get("strides", [1] * len(kernel)))
+        dilations = list(node.attrs.get("dilations", [1] * len(kernel)))
+        begin, end = [], []
+        for size, k, stride, dilation in zip(spatial, kernel, strides, dilations):
+            if mode == "VALID":
+                total = 0
+            else:
+                out = -(-int(size) // int(stride))
+                total = max((out - 1) * int(stride) + (k - 1) * int(dilation) + 1 - int(size), 0)
+            small = total // 2
+            begin.append(small if mode != "SAME_LOWER" else total - small)
+            end.append(total - begin[-1])
+        return begin + end
+
+    def rewrite(self, m: Match, b: Builder) -> None:
+        node = m.node("consumer")
+        attrs = {**node.attrs, "pads": self._pads(m)}
+        attrs.pop("auto_pad", None)
+        b.node(node.op, [m["x"]] + list(node.inputs)[1:], attrs, outputs=list(node.outputs))
+
+
+@dataclass(frozen=True)
+class ExplicitAutoPadConv(_ExplicitAutoPad):
+    """Conv with auto_pad -> Conv with the explicit pads it means (static input shape)."""
+
+    name: ClassVar[str] = "explicit-auto-pad-conv"
+    pattern: ClassVar[Op] = Op("Conv", Var("x"), Var("w"), Opt(Var("b")), name="consumer")
+
+
+@dataclass(frozen=True)
+class ExplicitAutoPadPool(_ExplicitAutoPad):
+    """MaxPool/AveragePool with auto_pad -> explicit pads (static input shape)."""
+
+    name: ClassVar[str] = "explicit-auto-pad-pool"
+    pattern: ClassVar[Op] = Op(("MaxPool", "AveragePool"), Var("x"), name="consumer")
+
+    def check(self, m: Match) -> str | None:
+        node = m.node("consumer")
+        if len(node.outputs) > 1:
+            return "the MaxPool's Indices output is used"
+        if node.attrs.get("ceil_mode", 0):
+            return "the pool uses ceil_mode (explicit pads would change the output shape)"
+        return super().check(m)
+
+
 @dataclass(frozen=True)
 class FoldPad(RewritePass):
-    """Fold zero constant Pads into the Conv/AveragePool/MaxPool that reads them."""
+    """Fold zero constant Pads into the Conv/AveragePool/MaxPool that reads them; auto_pad becomes
+    explicit pads where the input shape is static."""
 
     name: ClassVar[str] = "fold-pad"
-    rules: ClassVar[tuple] = (PadIntoConv, PadIntoAveragePool, PadIntoMaxPool)
+    rules: ClassVar[tuple] = (ExplicitAutoPadConv, ExplicitAutoPadPool, PadIntoConv, PadIntoAveragePool,
+                              PadIntoMaxPool)

@@ -110,3 +110,45 @@ def test_pools_keep_their_output_shape_and_valid_pads(pool, attrs, pads, reason)
     ctx = PassContext().with_config(explain=f"fold-pad-into-{pool.lower()}")
     assert not FoldPad().run(model, ctx).modified
     assert any(line.endswith(reason) for line in ctx.explanations), ctx.explanations
+
+
+@pytest.mark.parametrize("auto_pad, size, stride, kernel, pads", [
+    ("SAME_UPPER", 28, 1, 5, [2, 2, 2, 2]),
+    ("SAME_UPPER", 8, 2, 4, [1, 1, 1, 1]),   # total 2
+    ("SAME_UPPER", 7, 2, 4, [1, 1, 2, 2]),   # total 3: the odd pixel at the end
+    ("SAME_LOWER", 7, 2, 4, [2, 2, 1, 1]),   # ... at the beginning
+    ("VALID", 7, 2, 3, [0, 0, 0, 0]),
+])
+def test_auto_pad_becomes_the_explicit_pads_it_means(auto_pad, size, stride, kernel, pads):
+    out = -(-size // stride) if auto_pad != "VALID" else (size - kernel) // stride + 1
+    weights = ",".join(str((i % 5) / 5 - 0.4) for i in range(3 * 2 * kernel * kernel))
+    model = parse_model(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 2, {size}, {size}] x) => (float[1, 3, {out}, {out}] y, float[1, 2, {out}, {out}] z)
+      <float[3, 2, {kernel}, {kernel}] w = {{{weights}}}> {{
+        y = Conv<auto_pad = "{auto_pad}", strides = [{stride}, {stride}]>(x, w)
+        z = MaxPool<auto_pad = "{auto_pad}", kernel_shape = [{kernel}, {kernel}], strides = [{stride}, {stride}]>(x)
+    }}
+    """)
+    result = run_pass(FoldPad(), model)
+    for node in result.model.graph.node:
+        attrs = {a.name: a for a in node.attribute}
+        assert "auto_pad" not in attrs
+        assert list(attrs["pads"].ints) == pads, node.op_type
+    assert_same_function(model, result.model, atol=1e-5)
+    assert not run_pass(FoldPad(), result.model).modified
+
+
+def test_auto_pad_stays_when_the_input_shape_is_symbolic():
+    model = parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 2, H, W] x) => (float[1, 3, H, W] y) <float[3, 2, 3, 3] w = {0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
+        0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.1, 0.2, 0.3, 0.4,
+        0.5, 0.6, 0.7, 0.8, 0.9, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8,
+        0.9}> {
+        y = Conv<auto_pad = "SAME_UPPER">(x, w)
+    }
+    """)
+    ctx = PassContext().with_config(explain="explicit-auto-pad-conv")
+    assert not FoldPad().run(model, ctx).modified
+    assert any(line.endswith("the input's spatial shape or the kernel shape is not static") for line in ctx.explanations)
