@@ -47,8 +47,9 @@ def lower(mod, target, *, default_schedules: bool = True, use_tuning_records: bo
     database) and "default_schedules" (kernel -> mcc default CPU schedule rule); the others keep
     TVM's naive loops.
     """
-    from mcc.backends.tvm import schedules, tuning
+    from mcc.backends.tvm import integer, schedules, tuning
 
+    mod, integer_convolutions = integer.lower_quantized_convolutions(mod, target)
     mod = legalize(mod)
     tuned: list[str] = []
     if use_tuning_records:
@@ -58,7 +59,8 @@ def lower(mod, target, *, default_schedules: bool = True, use_tuning_records: bo
         mod, applied = schedules.apply_default_schedules(mod, target, skip=frozenset(tuned))
     # weight re-layouts become their own kernels, evaluated on the constants now
     mod = schedules.split_relayouts(mod)
-    return mod, {"tuned_kernels": sorted(tuned), "default_schedules": applied}
+    return mod, {"tuned_kernels": sorted(tuned), "default_schedules": applied,
+                 "integer_convolutions": integer_convolutions}
 
 
 class TvmLlvmBackend:

@@ -43,6 +43,15 @@ def print_compile_summary(report: dict, model_path) -> None:
         share = "n/a" if fraction is None else f"{100 * fraction:.0f}%"
         click.echo(f"  kernels    {len(tuned)} with tuned schedules ({share} of estimated FLOPs), "
                    f"{len(kernels.get('default_schedules', {}))} with default schedules")
+    search = report.get("precision_search")
+    if search:
+        click.echo(f"  precision  {search['int8_layers']} layer(s) int8, {search['fp32_layers']} float32; "
+                   f"{search['metric']} {search['chosen']} (float32 {search['fp32']}, all int8 {search['all_int8']}) "
+                   f"on {search['evaluation_samples']} samples; budget {search['budget']}: "
+                   f"{'met' if search['budget_met'] else 'NOT met'}")
+    if kernels.get("integer_convolutions"):
+        click.echo(f"  integer    {kernels['integer_convolutions']} quantized convolution(s) run as "
+                   "uint8 x int8 -> int32 kernels (VNNI)")
     estimate = report.get("estimate")
     if estimate:
         click.echo(

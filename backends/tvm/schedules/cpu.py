@@ -50,6 +50,8 @@ class CpuInfo:
 
     vector_bits: int
     cores: int
+    #: uint8 x int8 -> int32 dot products in vector lanes (x86 AVX-512 VNNI)
+    integer_dot: bool = False
 
     @classmethod
     def from_target(cls, target) -> "CpuInfo":
@@ -60,7 +62,10 @@ class CpuInfo:
         except Exception:  # a target LLVM does not know: the baseline vector width of every ISA
             bits = 128
         cores = int(target.attrs.get("num-cores", 0) or 0) if hasattr(target, "attrs") else 0
-        return cls(vector_bits=bits if bits > 0 else 128, cores=max(cores, 1))
+        from mcc.backends.tvm.integer import target_has_integer_dot
+
+        return cls(vector_bits=bits if bits > 0 else 128, cores=max(cores, 1),
+                   integer_dot=target_has_integer_dot(target))
 
     def lanes(self, dtype_bits: int) -> int:
         return max(self.vector_bits // max(dtype_bits, 8), 1)
@@ -534,6 +539,7 @@ def tile_reduction(sch, cpu: CpuInfo) -> bool:
     if plan.pack is None or plan.vec_axis == n_spatial - 1:
         kept_producers += _deinterleave_strided_reads(sch, anchor, plan)
 
+    accumulator_shape = sch.get(anchor).writes[0].source.shape
     writeback = sch.cache_write(anchor, 0, "local")
     if plan.vec_axis != n_spatial - 1:
         # the accumulators with the vector axis innermost, so each is one register
@@ -542,18 +548,7 @@ def tile_reduction(sch, cpu: CpuInfo) -> bool:
         vec = plan.vec_axis
         sch.transform_layout(anchor, ("write", 0),
                              IndexMap.from_func(lambda *i: (*i[:vec], *i[vec + 1:], i[vec]), ndim=n_spatial))
-    unfused = []
-    for block_rv in consumers:
-        if padded:
-            # the stage copying the padded result back stays separate: inlined into the store of
-            # the accumulators it would write the padding past the output's end (TVM 0.27 drops
-            # the consumer's bound there)
-            unfused.append(block_rv)
-            continue
-        try:
-            sch.reverse_compute_inline(block_rv)
-        except Exception:
-            unfused.append(block_rv)
+    unfused = inline_epilogue(sch, consumers, accumulator_shape)
 
     loops = sch.get_loops(anchor)
     spatial_loops, reduction_loops = loops[:n_spatial], loops[n_spatial:]
@@ -597,6 +592,36 @@ def tile_reduction(sch, cpu: CpuInfo) -> bool:
     for block_rv in kept_producers + unfused:
         schedule_injective(sch, block_rv, cpu)
     return True
+
+
+def inline_epilogue(sch, consumers, accumulator_shape) -> list:
+    """Inline the epilogue stages into the store of the accumulators; returns the stages kept
+    separate.
+
+    A stage whose output has fewer elements than the accumulators (a slice: the padded channels of
+    an einsum, or of an integer convolution, cut off) stays separate: TVM 0.27's
+    reverse_compute_inline drops such a consumer's bound, and the store then writes the whole
+    tile past the end of the smaller output.
+    """
+    def elements(shape) -> int | None:
+        total = 1
+        for dim in shape:
+            if not hasattr(dim, "value"):
+                return None
+            total *= int(dim.value)
+        return total
+
+    unfused = []
+    for block_rv in consumers:
+        size = elements(sch.get(block_rv).writes[0].source.shape)
+        if size is None or size != elements(accumulator_shape):
+            unfused.append(block_rv)
+            continue
+        try:
+            sch.reverse_compute_inline(block_rv)
+        except Exception:
+            unfused.append(block_rv)
+    return unfused
 
 
 def _position(sch, blocks, block_rv) -> int:
@@ -786,7 +811,15 @@ def dot_product(sch, cpu: CpuInfo) -> bool:
     return True
 
 
+def integer_dot(sch, cpu: CpuInfo) -> bool:
+    """uint8 x int8 convolutions tensorized with VNNI (schedules/integer.py)."""
+    from mcc.backends.tvm.schedules.integer import integer_dot as rule
+
+    return rule(sch, cpu)
+
+
 RULES = (
+    ("integer-dot", integer_dot),
     ("tile-reduction", tile_reduction),
     ("dot-product", dot_product),
     ("injective", schedule_all_injective),

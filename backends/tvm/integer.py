@@ -1,0 +1,174 @@
+"""Quantized convolutions lowered to integer kernels (Relax rewrite, before legalization).
+
+TVM 0.27 imports a QDQ model as float math: the weight's DequantizeLinear is folded to float32,
+the convolution runs in float and the activation's quantize -> dequantize pair is fake-quant
+(shared/notes/tvm-0.27.md, section 7), so an int8 model is no faster than its float original.
+This rewrite turns
+
+    conv2d(dequantize(xq, sx, zx), dequantize(Wq, sw[o], 0, axis=0))
+
+into an integer convolution with int32 accumulation and a float epilogue:
+
+    xu  = xq + 128 (as uint8, when xq is int8)          zu = zx + 128 (or zx for uint8)
+    acc = conv2d(pad(xu, value=zu), Wq, out_dtype=int32)
+    y   = float(acc) * (sx * sw[o]) - sx * sw[o] * zu * sum(Wq[o])
+
+which is exact up to the float32 rounding of the epilogue: sum((xu - zu) * Wq) is the
+convolution of the dequantized operands divided by sx * sw[o], and padding with zu is padding
+the float input with 0. uint8 x int8 is what x86's VNNI instruction (vpdpbusd: 64 multiply-adds
+of u8 x s8 into 16 int32 lanes) computes; mcc's default schedules tensorize these kernels with it
+(schedules/integer.py). The rewrite applies only to targets with that instruction: elsewhere an
+integer convolution would run as widened int32 multiplies, slower than float FMAs.
+
+Shapes the kernels need: input channels a multiple of 4 (a VNNI group) and output channels a
+multiple of 16 (one vector of int32 lanes); others are padded with zero weights (and the output
+sliced back); an output width with no divisor from 6 to 24 is computed a few columns wider;
+ungrouped NCHW/OIHW convolutions with scalar activation quantization and zero weight zero points.
+Anything else keeps TVM's float lowering.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: output channels of one int32 accumulator vector (AVX-512: 16 lanes)
+CHANNEL_BLOCK = 16
+#: input channels one VNNI multiply-add reduces per lane
+REDUCTION_GROUP = 4
+#: fewest output pixels of one register tile: a prime output width (1-pixel tiles store each
+#: result to another cache line: squeezenet's first convolution, 109 wide, ran slower than float)
+MIN_PIXEL_TILE = 6
+
+
+def target_has_integer_dot(target) -> bool:
+    """Whether the LLVM target has AVX-512 VNNI (u8 x s8 -> s32 dot products)."""
+    from tvm.target import codegen
+
+    try:
+        return target.kind.name == "llvm" and bool(codegen.target_has_features("avx512vnni", target))
+    except Exception:  # a target LLVM cannot describe
+        return False
+
+
+def _extra_columns(width: int) -> int:
+    """Columns to add so the output width has a divisor the integer schedule can tile by (0 when
+    it has one)."""
+    for extra in range(0, 8):
+        if any((width + extra) % tile == 0 for tile in range(MIN_PIXEL_TILE, 25)):
+            return extra
+    return 0
+
+
+def _constant(expr):
+    """The numpy value of a Relax constant, else None."""
+    from tvm.ir.expr import GenericConst  # TVM 0.27's relax.const
+
+    return expr.value.numpy() if isinstance(expr, GenericConst) else None
+
+
+def lower_quantized_convolutions(mod, target):
+    """(module, number of convolutions rewritten to integer kernels); the module unchanged when
+    the target has no integer dot product or nothing matches."""
+    if not target_has_integer_dot(target):
+        return mod, 0
+    from tvm import relax
+
+    rewriter = _make_rewriter()(mod)
+    for gvar, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function):
+            rewritten = rewriter.visit_expr(func)
+            mod[gvar] = relax.analysis.remove_all_unused(rewritten)
+    return mod, rewriter.count
+
+
+def _make_rewriter():
+    import tvm
+    from tvm import relax
+
+    conv2d_op = tvm.ir.Op.get("relax.nn.conv2d")
+    dequantize_op = tvm.ir.Op.get("relax.dequantize")
+
+    @relax.expr_functor.mutator
+    class QuantizedConvRewriter(relax.PyExprMutator):
+        def __init__(self, mod):
+            super().__init__(mod)
+            self.count = 0
+
+        def _producer(self, expr):
+            if isinstance(expr, relax.Var):
+                bound = self.lookup_binding(expr)
+                if bound is not None:
+                    return bound
+            return expr
+
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.same_as(conv2d_op)):
+                return call
+            replacement = self._integer_conv(call)
+            return call if replacement is None else replacement
+
+        def _integer_conv(self, call):
+            attrs = call.attrs
+            if str(call.ty.dtype) != "float32":
+                return None
+            if (int(attrs.groups) != 1 or str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW"
+                    or str(attrs.out_layout) != "NCHW"):
+                return None
+            data, weight = (self._producer(arg) for arg in call.args)
+            if not all(isinstance(e, relax.Call) and e.op.same_as(dequantize_op) for e in (data, weight)):
+                return None
+            xq, sx, zx = data.args
+            wq, sw, zw = (_constant(arg) for arg in weight.args)
+            sx, zx = _constant(sx), _constant(zx)
+            if any(value is None for value in (wq, sw, zw, sx, zx)):
+                return None
+            x_dtype = str(xq.ty.dtype)
+            if (x_dtype not in ("int8", "uint8") or wq.dtype != np.int8 or wq.ndim != 4 or sx.size != 1
+                    or zx.size != 1 or np.any(zw != 0) or int(weight.attrs.axis) != 0):
+                return None
+            out_channels, in_channels = wq.shape[:2]
+            sw = np.broadcast_to(sw.astype(np.float64).reshape(-1), (out_channels,))
+            sx = float(sx.reshape(()))
+            zu = int(zx.reshape(())) + (128 if x_dtype == "int8" else 0)
+
+            emit = self.builder_.emit
+            xu = xq
+            if x_dtype == "int8":  # to uint8: + 128, what vpdpbusd's unsigned operand needs
+                xu = emit(relax.op.astype(relax.op.add(relax.op.astype(xq, "int16"), relax.const(128, "int16")),
+                                          "uint8"))
+            padding = [int(p) for p in attrs.padding]
+            strides = [int(v) for v in attrs.strides]
+            dilation = [int(v) for v in attrs.dilation]
+            # input channels to a multiple of 4 (an RGB image's 3): a zero weight for each added one
+            extra_channels = -in_channels % REDUCTION_GROUP
+            # an output width with no register-tile divisor (squeezenet's first 109) is computed
+            # a few columns wider and sliced back
+            in_width = int(xq.ty.shape[3])
+            width = (in_width + padding[1] + padding[3] - dilation[1] * (wq.shape[3] - 1) - 1) // strides[1] + 1
+            extra_columns = _extra_columns(width)
+            padding[3] += extra_columns * strides[1]
+            if (any(padding) and zu != 0) or extra_channels:
+                # padding the float input with 0 is padding the integers with the zero point
+                top, left, bottom, right = padding
+                xu = emit(relax.op.nn.pad(xu, [0, 0, 0, extra_channels, top, bottom, left, right],
+                                          pad_value=float(zu)))
+                padding = [0, 0, 0, 0]
+            blocks = -(-out_channels // CHANNEL_BLOCK)
+            padded = np.zeros((blocks * CHANNEL_BLOCK, in_channels + extra_channels, *wq.shape[2:]), np.int8)
+            padded[:out_channels, :in_channels] = wq
+            accumulated = emit(relax.op.nn.conv2d(xu, relax.const(padded), strides=strides, padding=padding,
+                                                  dilation=dilation, out_dtype="int32"))
+            if padded.shape[0] != out_channels or extra_columns:
+                accumulated = emit(relax.op.strided_slice(accumulated, axes=[1, 3], begin=[0, 0],
+                                                          end=[out_channels, width]))
+            scale = sx * sw
+            result = relax.op.multiply(relax.op.astype(accumulated, "float32"),
+                                       relax.const(scale.reshape(1, -1, 1, 1).astype(np.float32)))
+            if zu != 0:
+                offset = -scale * zu * wq.reshape(out_channels, -1).astype(np.int64).sum(axis=1)
+                result = relax.op.add(emit(result), relax.const(offset.reshape(1, -1, 1, 1).astype(np.float32)))
+            self.count += 1
+            return result
+
+    return QuantizedConvRewriter

@@ -1,0 +1,117 @@
+"""Quantized (QDQ) convolutions compiled to integer kernels: uint8 x int8 -> int32 with VNNI.
+
+Each case is a QDQ model as quantize-int8 writes it; the artifact must report the integer
+convolutions, schedule them with the `integer-dot` rule, and compute what onnxruntime computes on
+the QDQ model (the integer arithmetic is exact, the float epilogue rounds)."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from mcc.backends import get_backend
+from mcc.backends.tvm.integer import lower_quantized_convolutions, target_has_integer_dot
+from mcc.hwmodels import load_target
+from tests.conftest import ort_run
+
+HOST = load_target("host").tvm()
+needs_vnni = pytest.mark.skipif(not target_has_integer_dot(HOST),
+                                reason="this CPU has no AVX-512 VNNI: quantized convolutions stay float")
+
+
+def qdq_conv(in_channels, out_channels, kernel, *, size=12, stride=1, pad=0, zero_point=-5, dtype=np.int8,
+             seed=0, relu=True, requantize=False):
+    """x -> QuantizeLinear -> DequantizeLinear -> Conv(DequantizeLinear(per-channel int8 W), bias) [-> Relu]
+    [-> Q -> DQ]."""
+    rng = np.random.default_rng(seed)
+    weight = rng.normal(scale=0.3, size=(out_channels, in_channels, kernel, kernel))
+    w_scale = np.abs(weight).reshape(out_channels, -1).max(axis=1) / 127
+    w_q = np.clip(np.round(weight / w_scale[:, None, None, None]), -127, 127).astype(np.int8)
+    elem = TensorProto.INT8 if dtype == np.int8 else TensorProto.UINT8
+    inits = {
+        "x_scale": np.array(0.02, np.float32), "x_zp": np.array(zero_point, dtype),
+        "w_q": w_q, "w_scale": w_scale.astype(np.float32), "w_zp": np.zeros(out_channels, np.int8),
+        "b": rng.normal(size=out_channels).astype(np.float32),
+        "y_scale": np.array(0.05, np.float32), "y_zp": np.array(0, np.uint8),
+    }
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["xq"]),
+        helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zp"], ["xd"]),
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["wd"], axis=0),
+        helper.make_node("Conv", ["xd", "wd", "b"], ["c"], strides=[stride, stride], pads=[pad] * 4),
+    ]
+    last = "c"
+    if relu:
+        nodes.append(helper.make_node("Relu", ["c"], ["r"]))
+        last = "r"
+    if requantize:
+        nodes += [helper.make_node("QuantizeLinear", [last, "y_scale", "y_zp"], ["yq"]),
+                  helper.make_node("DequantizeLinear", ["yq", "y_scale", "y_zp"], ["yd"])]
+        last = "yd"
+    nodes.append(helper.make_node("Identity", [last], ["y"]))
+    graph = helper.make_graph(
+        nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, in_channels, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+        initializer=[numpy_helper.from_array(a, n) for n, a in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+CASES = {
+    # int8 activations with a zero point and zero padding: the integers are padded with it
+    "3x3_padded_int8_zero_point": dict(in_channels=8, out_channels=32, kernel=3, pad=1),
+    # an RGB image's 3 channels (padded to 4), 20 filters (padded to 32 and sliced), stride 2
+    "rgb_stride2_odd_filters": dict(in_channels=3, out_channels=20, kernel=5, pad=2, stride=2, size=17),
+    # uint8 activations, 1x1, requantized output (the quantize fuses into the kernel's epilogue)
+    "1x1_uint8_requantized": dict(in_channels=16, out_channels=48, kernel=1, zero_point=128, dtype=np.uint8,
+                                  requantize=True, relu=False),
+    "wide_reduction": dict(in_channels=96, out_channels=16, kernel=3, size=13, pad=1, zero_point=0),
+}
+
+
+@needs_vnni
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_quantized_convolution_runs_as_integer_kernel_and_matches_onnxruntime(case, tmp_path):
+    model = qdq_conv(**CASES[case])
+    shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
+    backend = get_backend("tvm-llvm")
+    artifact = backend.compile(model, HOST, {"x": shape}, tmp_path / "m.so")
+    assert artifact.details["integer_convolutions"] == 1
+    assert "integer-dot" in artifact.details["default_schedules"].values(), artifact.details["default_schedules"]
+    feed = {"x": np.random.default_rng(1).normal(scale=1.5, size=shape).astype(np.float32)}
+    got = backend.load(artifact.library, model).run(feed)[0]
+    want = ort_run(model, feed)[0]
+    scale = float(np.abs(want).max())
+    if CASES[case].get("requantize"):
+        # both sides round to the same output grid; a value on a rounding boundary may land one
+        # step apart (0.05) when the float epilogue's last bit differs
+        assert np.mean(np.abs(got - want) > 1e-6) < 0.01
+        np.testing.assert_allclose(got, want, atol=0.05 + 1e-6)
+    else:
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale)
+
+
+def test_targets_without_vnni_keep_the_float_lowering():
+    import tvm
+
+    from mcc.backends.tvm import common
+
+    model = qdq_conv(8, 32, 3, pad=1)
+    mod = common.import_onnx(model, {"x": (1, 8, 12, 12)})
+    generic = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64", "num-cores": 2})
+    _, count = lower_quantized_convolutions(mod, generic)
+    assert count == 0
+
+
+@needs_vnni
+def test_grouped_and_float_convolutions_are_not_rewritten():
+    from mcc.backends.tvm import common
+
+    float_model = qdq_conv(8, 32, 3, pad=1)
+    # the weight's DequantizeLinear bypassed: a float weight, nothing to lower
+    float_model.graph.node[3].input[1] = "w_float"
+    float_model.graph.initializer.append(numpy_helper.from_array(np.ones((32, 8, 3, 3), np.float32), "w_float"))
+    _, count = lower_quantized_convolutions(common.import_onnx(float_model, {"x": (1, 8, 12, 12)}), HOST)
+    assert count == 0
