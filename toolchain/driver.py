@@ -53,6 +53,10 @@ class CompileRequest:
     #: int8 calibration: an .npz of samples per input, or "random"; and the calibration method
     calib_data: str | None = None
     calib_method: str = "percentile"
+    #: `--precision mixed`: evaluation samples (.npz, `labels` for top-1) and the top-1 budget in
+    #: points (or `min_sqnr_db` as a fidelity budget)
+    eval_data: str | None = None
+    max_accuracy_drop: float | None = None
     #: progress of long steps (calibration): (label, done, total)
     progress: object = None
     #: the accuracy budget: outputs must keep this SQNR against the reference (instead of the
@@ -248,9 +252,17 @@ def _check_request(request: CompileRequest):
 
     if request.precision not in validate.TOLERANCES:
         raise UsageError(f"unknown precision '{request.precision}'; candidates are: {', '.join(validate.TOLERANCES)}")
-    if request.precision == "int8" and not request.calib_data:
-        raise UsageError("--precision int8 needs --calib-data FILE.npz (samples per input; or `random`, "
-                         "which the report flags)")
+    if request.precision in ("int8", "mixed") and not request.calib_data:
+        raise UsageError(f"--precision {request.precision} needs --calib-data FILE.npz (samples per input; or "
+                         "`random`, which the report flags)")
+    if request.precision == "mixed":
+        if not request.eval_data:
+            raise UsageError("--precision mixed needs --eval-data FILE.npz (samples per input, and 'labels' for "
+                             "--max-accuracy-drop)")
+        if request.max_accuracy_drop is None and request.min_sqnr_db is None:
+            raise UsageError("--precision mixed needs a budget: --max-accuracy-drop POINTS or --min-sqnr-db DB")
+    elif request.eval_data or request.max_accuracy_drop is not None:
+        raise UsageError("--eval-data and --max-accuracy-drop drive --precision mixed; add it")
     if request.calib_data and request.calib_data != "random" and not Path(request.calib_data).exists():
         raise UsageError(f"--calib-data {request.calib_data}: no such file or folder")
     if request.budget_s is not None and not request.budget_s > 0:
@@ -324,6 +336,8 @@ class _Optimized:
     ctx: PassContext
     stats_before: object
     stats_after: object
+    #: `--precision mixed`: the search's report (passes/quantize/mixed.py)
+    precision_search: dict | None = None
 
 
 def _optimize(request: CompileRequest, target, backend, passes, timer: Timer, with_inputs: bool = True) -> _Optimized:
@@ -353,6 +367,7 @@ def _optimize(request: CompileRequest, target, backend, passes, timer: Timer, wi
     if request.dump_dir is not None:
         ctx.with_config(dump_dir=str(request.dump_dir))
     stats_before = model_stats(static)
+    precision_search = None
     with timer.measure("passes"):
         optimized, records = PassManager(passes, ctx).run(static)
         if ir.opset_version(optimized) < backend.min_opset:
@@ -371,6 +386,15 @@ def _optimize(request: CompileRequest, target, backend, passes, timer: Timer, wi
             quantize = QuantizeInt8(calib_data=str(request.calib_data), method=request.calib_method)
             optimized, more = PassManager([quantize], ctx).run(optimized)
             records.extend(more)
+        elif request.precision == "mixed":
+            from mcc.passes.quantize import mixed
+            from mcc.passes.quantize.int8 import QuantizeInt8
+
+            budget = mixed.Budget(max_accuracy_drop=request.max_accuracy_drop, min_sqnr_db=request.min_sqnr_db)
+            data = mixed.load_eval_data(request.eval_data, optimized)
+            quantize = QuantizeInt8(calib_data=str(request.calib_data), method=request.calib_method)
+            result = mixed.search(optimized, quantize, data, budget, ctx)
+            optimized, precision_search = result.model, result.report
     if not request.verify_each:
         # one check of the final model (cheap next to the compile): a pass that broke the model is
         # an internal error named here, not an obscure importer failure later
@@ -395,7 +419,7 @@ def _optimize(request: CompileRequest, target, backend, passes, timer: Timer, wi
         )
 
     return _Optimized(original, source_hash, fixed, constants, inputs, compile_shapes, optimized, records, ctx,
-                      stats_before, stats_after)
+                      stats_before, stats_after, precision_search)
 
 
 def _compile_into(request: CompileRequest, target, backend, passes, staging: Path, output_dir: Path, timer: Timer) -> dict:
@@ -510,6 +534,8 @@ def _compile_into(request: CompileRequest, target, backend, passes, staging: Pat
         report["tuning"] = tuned_summary.as_dict()
     if remote_report is not None:
         report["remote"] = remote_report
+    if front.precision_search is not None:
+        report["precision_search"] = front.precision_search
     timings = dict(timer.phases)
     timings.update({f"backend_{key}": value for key, value in artifact.timings_s.items()})
     timings["total"] = timer.total()

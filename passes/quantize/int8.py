@@ -137,36 +137,68 @@ class QuantizeInt8(Pass):
     percentile: float = 99.999
     samples: int = 64
     symmetric_activations: bool = False
+    #: nodes (comma-separated names) that stay in float: what a mixed-precision search falls back
+    exclude: str = ""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, not '{self.method}'")
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
-        if not self.calib_data:
-            raise UsageError("quantize-int8 needs calibration data: --calib-data FILE.npz (or `random`, "
-                             "which the report flags)")
+        targets = self.targets(model)
+        if not targets:
+            return PassResult(model, False)
+        ranges, samples = self.calibrate(model, ctx)
+        result = self.apply(model, ranges, ctx)
+        ctx.note(f"quantize-int8: {len(targets)} Conv/MatMul/Gemm node(s) quantized, {len(ranges)} activation(s) "
+                 f"calibrated by {self.method} on {samples} sample(s)"
+                 + (f", {len(self.targets(model, all_nodes=True)) - len(targets)} node(s) kept in float"
+                    if self.exclude else ""))
+        return result
+
+    def targets(self, model: onnx.ModelProto, *, all_nodes: bool = False) -> dict[int, onnx.NodeProto]:
+        """The nodes to quantize, by position: Conv, MatMul and Gemm with a constant float32
+        weight, except those named in `exclude` (unless `all_nodes`)."""
         initializers = {t.name: t for t in model.graph.initializer}
-        targets = {  # input-model position -> node
+        excluded = set() if all_nodes else {name.strip() for name in self.exclude.split(",") if name.strip()}
+        return {
             index: node for index, node in enumerate(model.graph.node)
             if node.op_type in QUANTIZED_OPS and node.domain in ir.DEFAULT_DOMAINS and len(node.input) > 1
             and node.input[1] in initializers and initializers[node.input[1]].data_type == TensorProto.FLOAT
             and not (node.op_type == "Gemm" and any(a.name == "transA" and a.i for a in node.attribute))
             # per-output-channel needs a channel axis: Conv weights, and 2-D MatMul/Gemm weights
             and (len(initializers[node.input[1]].dims) == 2 or node.op_type == "Conv")
+            and node.name not in excluded
         }
-        if not targets:
-            return PassResult(model, False)
+
+    def _activations(self, model: onnx.ModelProto, targets: dict[int, onnx.NodeProto]) -> list[str]:
+        initializers = {t.name for t in model.graph.initializer}
         types = {name: elem for name, (elem, _) in ir.tensor_types(ir.infer_shapes(model)).items()}
-        activations = sorted({node.input[0] for node in targets.values()
-                              if node.input[0] not in initializers and types.get(node.input[0]) == TensorProto.FLOAT})
+        return sorted({node.input[0] for node in targets.values()
+                       if node.input[0] not in initializers and types.get(node.input[0]) == TensorProto.FLOAT})
+
+    def calibrate(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[dict[str, tuple[float, float]], int]:
+        """(activation ranges, samples used): every quantizable node's input (excluded ones too,
+        so a mixed-precision search calibrates once)."""
+        if not self.calib_data:
+            raise UsageError("quantize-int8 needs calibration data: --calib-data FILE.npz (or `random`, "
+                             "which the report flags)")
+        activations = self._activations(model, self.targets(model, all_nodes=True))
         feeds = load_calibration(self.calib_data, model, self.samples)
         if self.calib_data == "random":
             ctx.note("quantize-int8: calibrated on RANDOM inputs (--calib-data random): activation ranges do not "
                      "reflect real data; accuracy may be much worse than with real calibration data")
         ranges = calibrate_ranges(model, activations, feeds, self.method, self.percentile,
                                   progress=lambda done, total: ctx.report_progress("calibrating", done, total))
+        return ranges, len(feeds)
 
+    def apply(self, model: onnx.ModelProto, ranges: dict[str, tuple[float, float]], ctx: PassContext) -> PassResult:
+        """Quantize the target nodes with the given activation ranges."""
+        targets = self.targets(model)
+        if not targets:
+            return PassResult(model, False)
+        activations = self._activations(model, targets)
+        initializers = {t.name: t for t in model.graph.initializer}
         result = onnx.ModelProto()
         result.CopyFrom(model)
         graph = result.graph
@@ -234,6 +266,4 @@ class QuantizeInt8(Pass):
         del graph.node[:]
         graph.node.extend(ordered)
         del graph.value_info[:]
-        ctx.note(f"quantize-int8: {len(targets)} Conv/MatMul/Gemm node(s) quantized, {len(qdq)} activation(s) "
-                 f"calibrated by {self.method} on {len(feeds)} sample(s)")
         return PassResult(result, True)

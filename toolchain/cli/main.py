@@ -33,14 +33,21 @@ def cli() -> None:
 @input_shape_option
 @const_input_option
 @click.option("--inputs", "inputs_path", type=click.Path(path_type=Path), help="Validation inputs as .npz (one array per input name).")
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "int8"]),
-              help="Compute precision (fp16: convert-float16; int8: quantize-int8 in QDQ form, needs --calib-data); "
-                   "I/O stay float32, validated with that precision's tolerances.")
+@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "int8", "mixed"]),
+              help="Compute precision (fp16: convert-float16; int8: quantize-int8 in QDQ form, needs --calib-data; "
+                   "mixed: int8 with the most sensitive layers kept float32 until the accuracy budget holds on "
+                   "--eval-data); I/O stay float32, validated with that precision's tolerances.")
 @click.option("--calib-data", default=None, metavar="FILE.npz|FOLDER|random",
               help="int8 calibration samples: an .npz (one array per input, first axis = samples), or a folder of "
                    "images with a preprocess.toml.")
 @click.option("--calib-method", default="percentile", show_default=True,
               type=click.Choice(["minmax", "percentile", "entropy"]), help="int8 activation range calibration.")
+@click.option("--eval-data", default=None, metavar="FILE.npz",
+              help="--precision mixed: evaluation samples (one array per input, first axis = samples) and "
+                   "'labels' (class per sample) for --max-accuracy-drop.")
+@click.option("--max-accuracy-drop", type=float, default=None, metavar="POINTS",
+              help="--precision mixed: top-1 points the quantized model may lose on --eval-data (or budget output "
+                   "fidelity with --min-sqnr-db).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random validation inputs.")
 @click.option("--verify-each", is_flag=True, help="Run onnx.checker and strict shape inference after every pass.")
 @click.option("--dump-dir", type=click.Path(path_type=Path), help="Write the model after every pass that changed it.")
@@ -53,7 +60,7 @@ def cli() -> None:
 @rpc_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the summary.")
 def compile_command(model, target, output_dir, passes, input_shapes, const_inputs, inputs_path, precision, calib_data,
-                    calib_method, seed,
+                    calib_method, eval_data, max_accuracy_drop, seed,
                     verify_each, dump_dir, min_sqnr_db, explain, budget_s, rpc, rpc_key, as_json):
     """Optimize MODEL, compile it for TARGET, and validate the artifact against onnxruntime."""
     from mcc.toolchain.cli.summary import print_compile_summary
@@ -62,7 +69,8 @@ def compile_command(model, target, output_dir, passes, input_shapes, const_input
 
     request = CompileRequest(
         model_path=model, target=target, output_dir=output_dir, passes=passes,
-        input_shapes=dict(input_shapes), const_inputs=dict(const_inputs), inputs_path=inputs_path, precision=precision, calib_data=calib_data, calib_method=calib_method, seed=seed,
+        input_shapes=dict(input_shapes), const_inputs=dict(const_inputs), inputs_path=inputs_path, precision=precision, calib_data=calib_data, calib_method=calib_method,
+        eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, seed=seed,
         verify_each=verify_each, dump_dir=dump_dir, explain=tuple(explain), min_sqnr_db=min_sqnr_db,
         budget_s=budget_s, rpc=rpc, rpc_key=rpc_key,
     )
