@@ -49,7 +49,7 @@ ENTROPY_QUANTIZED_BINS = 128
 METHODS = ("minmax", "percentile", "entropy")
 
 
-def _weight_axis(node: onnx.NodeProto) -> int:
+def weight_axis(node: onnx.NodeProto) -> int:
     """The output-channel axis of a node's weight (input 1)."""
     if node.op_type == "Conv":
         return 0
@@ -57,6 +57,17 @@ def _weight_axis(node: onnx.NodeProto) -> int:
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
         return 0 if trans_b else 1
     return 1  # MatMul: [K, N]
+
+
+def quantize_weight(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 values, float scales): symmetric, one scale per index of `axis` (the output
+    channel), values in [-127, 127]."""
+    weight = weight.astype(np.float64)
+    reduce_axes = tuple(i for i in range(weight.ndim) if i != axis)
+    bound = np.max(np.abs(weight), axis=reduce_axes) if weight.ndim > 1 else np.abs(weight)
+    scale = np.where(bound > 0, bound / 127.0, 1.0)
+    shaped = scale.reshape([-1 if i == axis else 1 for i in range(weight.ndim)])
+    return np.clip(np.round(weight / shaped), -127, 127).astype(np.int8), scale
 
 
 def calibrate_ranges(model: onnx.ModelProto, tensors: list[str], feeds: list[dict[str, np.ndarray]], method: str,
@@ -228,13 +239,8 @@ class QuantizeInt8(Pass):
         for node in targets.values():
             weight_name = node.input[1]
             if weight_name not in weight_dq:
-                weight = numpy_helper.to_array(initializers[weight_name]).astype(np.float64)
-                axis = _weight_axis(node)
-                reduce_axes = tuple(i for i in range(weight.ndim) if i != axis)
-                bound = np.max(np.abs(weight), axis=reduce_axes) if weight.ndim > 1 else np.abs(weight)
-                scale = np.where(bound > 0, bound / 127.0, 1.0)
-                shaped = scale.reshape([-1 if i == axis else 1 for i in range(weight.ndim)])
-                quantized = np.clip(np.round(weight / shaped), -127, 127).astype(np.int8)
+                axis = weight_axis(node)
+                quantized, scale = quantize_weight(numpy_helper.to_array(initializers[weight_name]), axis)
                 q_name = ir.unique_name(f"{weight_name}.int8", taken)
                 s_name = ir.unique_name(f"{weight_name}.scale", taken)
                 z_name = ir.unique_name(f"{weight_name}.zero_point", taken)

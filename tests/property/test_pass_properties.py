@@ -43,6 +43,8 @@ FAVOURED: dict[str, tuple[str, ...]] = {
     "eliminate-dead-nodes": ("dead_branch",),
     "remove-noops": ("noop",),
     "convert-float16": ("conv_bn", "matmul_add", "branch_join"),
+    "quantize-weights": ("matmul_add", "gemm_bn"),
+    "quantize-dynamic": ("matmul_add", "gemm_bn"),
 }
 #: passes the generated graphs give nothing to do, and why (their properties still hold, trivially)
 NOT_GENERATED: dict[str, str] = {
@@ -51,8 +53,9 @@ NOT_GENERATED: dict[str, str] = {
     "substitute-recurrent": "generated graphs have no RNN/GRU/LSTM",
 }
 #: passes whose rewrite leaves no node of the motif behind to see (they edit the graph's interface,
-#: or only tensor types, like convert-float16)
-INTERFACE_PASSES = {"inline-initializer-inputs", "eliminate-dead-nodes", "convert-float16"}
+#: or only tensor types, like convert-float16, or weights, like the int8 passes)
+INTERFACE_PASSES = {"inline-initializer-inputs", "eliminate-dead-nodes", "convert-float16", "quantize-weights",
+                    "quantize-dynamic"}
 #: not run one by one: upgrade-opset changes the opset on purpose (its own test below), and
 #: fixed-point is a group of other passes (run inside the default pipeline)
 SEPARATELY_TESTED = {"upgrade-opset", "fixed-point"}

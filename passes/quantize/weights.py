@@ -1,0 +1,179 @@
+"""int8 without calibration data: weight-only (`quantize-weights`) and dynamic (`quantize-dynamic`)
+quantization of MatMul and Gemm, for models whose time and size are in their matrix products
+(transformers, recurrent and dense classifiers).
+
+Both store each constant 2-D weight as int8, symmetric, one scale per output column (the same
+weight quantization as quantize-int8; 4x smaller weights):
+
+- `quantize-weights`: DequantizeLinear(W_int8) feeds the unchanged MatMul/Gemm; activations and
+  arithmetic stay float. Only the stored model shrinks; accuracy is that of int8 weights alone.
+- `quantize-dynamic`: the activation is quantized at run time, per call, to uint8 over its own
+  observed range (DynamicQuantizeLinear), multiplied in integers (MatMulInteger, int32 sums) and
+  rescaled: y = float(acc) * (x_scale * w_scale[n]) (+ beta * C for Gemm). No calibration data:
+  the ranges adapt to every input, at the cost of computing them. onnxruntime's quantize_dynamic
+  writes the same pattern (with per-tensor weights); TVM imports both ops and computes the integer
+  product exactly (widened to int32).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from mcc.passes.quantize.int8 import quantize_weight, weight_axis
+from mcc.toolchain import ir
+from mcc.toolchain.passmanager import Pass, PassContext, PassResult
+
+MATRIX_OPS = ("MatMul", "Gemm")
+
+
+def _attr(node: onnx.NodeProto, name: str, default):
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return helper.get_attribute_value(attribute)
+    return default
+
+
+def _matrix_nodes(model: onnx.ModelProto) -> list[tuple[int, onnx.NodeProto]]:
+    """MatMul/Gemm nodes whose weight (input 1) is a constant float32 matrix."""
+    initializers = {t.name: t for t in model.graph.initializer}
+    found = []
+    for index, node in enumerate(model.graph.node):
+        if node.op_type not in MATRIX_OPS or node.domain not in ir.DEFAULT_DOMAINS or len(node.input) < 2:
+            continue
+        weight = initializers.get(node.input[1])
+        if weight is None or weight.data_type != TensorProto.FLOAT or len(weight.dims) != 2:
+            continue
+        if node.op_type == "Gemm" and _attr(node, "transA", 0):
+            continue
+        found.append((index, node))
+    return found
+
+
+def _finish(model: onnx.ModelProto, result: onnx.ModelProto, nodes: list[onnx.NodeProto],
+            new_initializers: list[onnx.TensorProto]) -> None:
+    """Put `nodes` into `result`, keep only the initializers still read, add the new ones."""
+    graph = result.graph
+    still_read = {name for node in nodes for name in node.input}
+    still_read |= set().union(*(ir.subgraph_reads(node) for node in nodes))
+    graph_inputs = {v.name for v in graph.input}
+    kept = [t for t in graph.initializer if t.name in still_read or t.name in graph_inputs]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + new_initializers)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]
+
+
+@dataclass(frozen=True)
+class QuantizeWeights(Pass):
+    """Weight-only int8: MatMul/Gemm weights stored as int8 per output column, dequantized before the op."""
+
+    name: ClassVar[str] = "quantize-weights"
+    changes_precision: ClassVar[bool] = True
+    min_opset: ClassVar[int | None] = 13  # per-axis DequantizeLinear
+
+    def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        targets = dict(_matrix_nodes(model))
+        if not targets:
+            return PassResult(model, False)
+        result = onnx.ModelProto()
+        result.CopyFrom(model)
+        taken = ir.names_in_use(result.graph)
+        initializers = {t.name: t for t in model.graph.initializer}
+        dequantized: dict[str, str] = {}
+        new_initializers: list[onnx.TensorProto] = []
+        nodes: list[onnx.NodeProto] = []
+        for index, node in enumerate(result.graph.node):
+            if index in targets:
+                weight_name = node.input[1]
+                if weight_name not in dequantized:
+                    axis = weight_axis(node)
+                    values, scale = quantize_weight(numpy_helper.to_array(initializers[weight_name]), axis)
+                    q_name, s_name, out = (ir.unique_name(f"{weight_name}.{suffix}", taken)
+                                           for suffix in ("int8", "scale", "dq"))
+                    new_initializers += [numpy_helper.from_array(values, q_name),
+                                         numpy_helper.from_array(scale.astype(np.float32), s_name)]
+                    nodes.append(helper.make_node("DequantizeLinear", [q_name, s_name], [out], axis=axis,
+                                                  name=ir.unique_name(f"{weight_name}/DequantizeLinear", taken)))
+                    dequantized[weight_name] = out
+                node.input[1] = dequantized[weight_name]
+            nodes.append(node)
+        _finish(model, result, nodes, new_initializers)
+        ctx.note(f"quantize-weights: {len(dequantized)} MatMul/Gemm weight(s) stored as int8")
+        return PassResult(result, True)
+
+
+@dataclass(frozen=True)
+class QuantizeDynamic(Pass):
+    """Dynamic int8: MatMul/Gemm activations quantized per call, integer products, int8 weights per output column."""
+
+    name: ClassVar[str] = "quantize-dynamic"
+    changes_precision: ClassVar[bool] = True
+    min_opset: ClassVar[int | None] = 11  # DynamicQuantizeLinear
+
+    def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        initializers = {t.name: t for t in model.graph.initializer}
+        types = {name: elem for name, (elem, _) in ir.tensor_types(ir.infer_shapes(model)).items()}
+        targets = {}
+        for index, node in _matrix_nodes(model):
+            if types.get(node.input[0]) != TensorProto.FLOAT:
+                continue  # a float16 or unknown activation
+            if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2] and node.input[2] not in initializers:
+                continue  # a computed C: not folded into a constant bias
+            targets[index] = node
+        if not targets:
+            return PassResult(model, False)
+        result = onnx.ModelProto()
+        result.CopyFrom(model)
+        taken = ir.names_in_use(result.graph)
+        new_initializers: list[onnx.TensorProto] = []
+        nodes: list[onnx.NodeProto] = []
+        activations: dict[str, tuple[str, str, str]] = {}  # float input -> (xq, x_scale, x_zero_point)
+        for index, node in enumerate(result.graph.node):
+            if index not in targets:
+                nodes.append(node)
+                continue
+            prefix = node.name or f"{node.op_type}_{index}"
+            weight = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float64)
+            alpha, beta = 1.0, 1.0
+            if node.op_type == "Gemm":
+                alpha, beta = float(_attr(node, "alpha", 1.0)), float(_attr(node, "beta", 1.0))
+                if _attr(node, "transB", 0):
+                    weight = weight.T  # [N, K] -> [K, N]: MatMulInteger's layout
+            values, scale = quantize_weight(weight, axis=1)
+            source = node.input[0]
+            if source not in activations:
+                names = tuple(ir.unique_name(f"{source}.{suffix}", taken) for suffix in ("uint8", "scale", "zero_point"))
+                nodes.append(helper.make_node("DynamicQuantizeLinear", [source], list(names),
+                                              name=ir.unique_name(f"{source}/DynamicQuantizeLinear", taken)))
+                activations[source] = names
+            xq, x_scale, x_zero = activations[source]
+            w_name, ws_name, acc, accf, rescale, product = (
+                ir.unique_name(f"{prefix}.{suffix}", taken)
+                for suffix in ("weight_int8", "weight_scale", "int32", "float", "rescale", "product"))
+            new_initializers += [numpy_helper.from_array(values, w_name),
+                                 numpy_helper.from_array((alpha * scale).astype(np.float32), ws_name)]
+            output = node.output[0]
+            bias = None
+            if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
+                bias = numpy_helper.to_array(initializers[node.input[2]]).astype(np.float64) * beta
+            nodes += [
+                helper.make_node("MatMulInteger", [xq, w_name, x_zero], [acc], name=ir.unique_name(f"{prefix}/MatMulInteger", taken)),
+                helper.make_node("Cast", [acc], [accf], to=TensorProto.FLOAT, name=ir.unique_name(f"{prefix}/Cast", taken)),
+                helper.make_node("Mul", [x_scale, ws_name], [rescale], name=ir.unique_name(f"{prefix}/Scale", taken)),
+                helper.make_node("Mul", [accf, rescale], [product if bias is not None else output],
+                                 name=ir.unique_name(f"{prefix}/Rescale", taken)),
+            ]
+            if bias is not None:
+                bias_name = ir.unique_name(f"{prefix}.bias", taken)
+                new_initializers.append(numpy_helper.from_array(bias.astype(np.float32), bias_name))
+                nodes.append(helper.make_node("Add", [product, bias_name], [output],
+                                              name=ir.unique_name(f"{prefix}/Bias", taken)))
+        _finish(model, result, nodes, new_initializers)
+        ctx.note(f"quantize-dynamic: {len(targets)} MatMul/Gemm node(s) with int8 weights and per-call uint8 activations")
+        return PassResult(result, True)
