@@ -14,6 +14,11 @@
       layout = "NCHW"             # or "NHWC"
       dtype = "float32"
 
+- `PLUGIN.py`: a Python file defining `calibration_batches(inputs)`. `inputs` maps each graph
+  input's name to its (shape, numpy dtype); the function returns (or yields) feeds, dicts of
+  input name -> array. A feed may hold a batch of samples along the first axis (N x the input's
+  shape); it is split into samples. For data that needs code: a dataset reader, an audio front
+  end, a tokenizer. Errors in the plugin are reported as usage errors, with the plugin's message.
 - `random`: seeded uniform values in [-1, 1); ranges that say nothing about real data, so the
   quantization pass notes it in the report.
 """
@@ -145,4 +150,58 @@ def load_calibration(source: str, model: onnx.ModelProto, samples: int, seed: in
         return _from_images(path, inputs, samples)
     if not path.is_file():
         raise UsageError(f"--calib-data {source}: no such file or folder")
+    if path.suffix == ".py":
+        return _from_plugin(path, inputs, samples)
     return _from_npz(path, inputs, samples)
+
+
+#: the function a calibration plugin defines
+PLUGIN_FUNCTION = "calibration_batches"
+
+
+def _from_plugin(path: Path, inputs: dict, samples: int) -> list[dict[str, np.ndarray]]:
+    """Feeds from a plugin's `calibration_batches(inputs)`, batches split into samples."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"mcc_calibration_plugin_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        function = getattr(module, PLUGIN_FUNCTION, None)
+        if not callable(function):
+            raise UsageError(f"--calib-data {path}: the plugin defines no {PLUGIN_FUNCTION}(inputs) function")
+        batches = function({name: (shape, dtype) for name, (shape, dtype) in inputs.items()})
+        feeds: list[dict[str, np.ndarray]] = []
+        for batch in batches:
+            if len(feeds) >= samples:
+                break
+            feeds.extend(_split_batch(path, batch, inputs))
+    except UsageError:
+        raise
+    except Exception as exc:  # the plugin's own failure: the user's code, reported as such
+        raise UsageError(f"--calib-data {path}: the plugin failed: {type(exc).__name__}: {exc}") from None
+    if not feeds:
+        raise UsageError(f"--calib-data {path}: {PLUGIN_FUNCTION} returned no feeds")
+    return feeds[:samples]
+
+
+def _split_batch(path: Path, batch, inputs: dict) -> list[dict[str, np.ndarray]]:
+    if not isinstance(batch, dict):
+        raise UsageError(f"--calib-data {path}: {PLUGIN_FUNCTION} must give dicts of input name -> array, "
+                         f"not {type(batch).__name__}")
+    missing = [name for name in inputs if name not in batch]
+    if missing:
+        raise UsageError(f"--calib-data {path}: a feed lacks input(s) {', '.join(missing)}")
+    counts = set()
+    arrays = {}
+    for name, (shape, dtype) in inputs.items():
+        array = np.asarray(batch[name])
+        size = int(np.prod(shape)) if shape else 1
+        if array.size % max(size, 1):
+            raise UsageError(f"--calib-data {path}: input '{name}' got shape {list(array.shape)}, not a batch of "
+                             f"{list(shape)}")
+        arrays[name] = array.reshape((-1, *shape)).astype(dtype)
+        counts.add(len(arrays[name]))
+    if len(counts) != 1:
+        raise UsageError(f"--calib-data {path}: a feed's inputs have different batch sizes ({sorted(counts)})")
+    return [{name: arrays[name][i] for name in inputs} for i in range(counts.pop())]

@@ -132,3 +132,41 @@ def test_a_folder_of_images_with_a_preprocessing_spec_calibrates(tmp_path):
     (folder / "preprocess.toml").unlink()
     with pytest.raises(UsageError, match="needs a preprocess.toml"):
         load_calibration(str(folder), model, samples=4)
+
+
+PLUGIN = '''
+import numpy as np
+
+def calibration_batches(inputs):
+    (shape, dtype), = inputs.values()
+    rng = np.random.default_rng(7)
+    for _ in range(3):  # batches of 4 samples each
+        yield {"image": rng.random((4, *shape[1:])).astype(dtype)}
+'''
+
+
+def test_a_python_plugin_gives_calibration_batches(tmp_path):
+    from mcc.passes.quantize.data import load_calibration
+
+    (tmp_path / "calib.py").write_text(PLUGIN)
+    model = _example()
+    feeds = load_calibration(str(tmp_path / "calib.py"), model, samples=10)
+    assert len(feeds) == 10 and feeds[0]["image"].shape == (1, 1, 8, 8)
+    expected = np.random.default_rng(7).random((4, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(feeds[1]["image"][0], expected[1])  # batches split into samples, in order
+    result = QuantizeInt8(calib_data=str(tmp_path / "calib.py"), samples=12).run(model, PassContext())
+    assert result.modified
+
+
+@pytest.mark.parametrize("source, message", [
+    ("def other(inputs):\n    return []\n", "defines no calibration_batches(inputs) function"),
+    ("def calibration_batches(inputs):\n    raise OSError('dataset not mounted')\n",
+     "the plugin failed: OSError: dataset not mounted"),
+    ("def calibration_batches(inputs):\n    return [[1, 2]]\n", "must give dicts of input name -> array"),
+    ("import numpy as np\ndef calibration_batches(inputs):\n    return [{'image': np.zeros((3, 5))}]\n",
+     "not a batch of [1, 1, 8, 8]"),
+])
+def test_plugin_errors_are_usage_errors(tmp_path, source, message):
+    (tmp_path / "calib.py").write_text(source)
+    with pytest.raises(UsageError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        QuantizeInt8(calib_data=str(tmp_path / "calib.py")).run(_example(), PassContext())

@@ -37,9 +37,9 @@ def cli() -> None:
               help="Compute precision (fp16: convert-float16; int8: quantize-int8 in QDQ form, needs --calib-data; "
                    "mixed: int8 with the most sensitive layers kept float32 until the accuracy budget holds on "
                    "--eval-data); I/O stay float32, validated with that precision's tolerances.")
-@click.option("--calib-data", default=None, metavar="FILE.npz|FOLDER|random",
-              help="int8 calibration samples: an .npz (one array per input, first axis = samples), or a folder of "
-                   "images with a preprocess.toml.")
+@click.option("--calib-data", default=None, metavar="FILE.npz|FOLDER|PLUGIN.py|random",
+              help="int8 calibration samples: an .npz (one array per input, first axis = samples), a folder of "
+                   "images with a preprocess.toml, or a Python file defining calibration_batches(inputs).")
 @click.option("--calib-method", default="percentile", show_default=True,
               type=click.Choice(["minmax", "percentile", "entropy"]), help="int8 activation range calibration.")
 @click.option("--eval-data", default=None, metavar="FILE.npz",

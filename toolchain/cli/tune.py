@@ -97,7 +97,7 @@ def progress_bars():
 @const_input_option
 @click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "int8"]),
               help="Tune the kernels of this precision (as `mcc compile --precision`).")
-@click.option("--calib-data", default=None, metavar="FILE.npz|FOLDER|random", help="int8 calibration samples.")
+@click.option("--calib-data", default=None, metavar="FILE.npz|FOLDER|PLUGIN.py|random", help="int8 calibration samples.")
 @click.option("--calib-method", default="percentile", show_default=True,
               type=click.Choice(["minmax", "percentile", "entropy"]), help="int8 activation range calibration.")
 @click.option("--max-trials-per-task", default=32, show_default=True, type=click.IntRange(1, 10000),
