@@ -7,7 +7,7 @@ from mcc.passes.fusion.conv_bn import FuseConvBatchNorm
 from mcc.passes.fusion.gemm import FuseGemm
 from mcc.passes.fusion.pad import FoldPad
 from mcc.passes.quantize.fp16 import ConvertFloat16
-from mcc.passes.quantize.weights import QuantizeDynamic, QuantizeWeights
+from mcc.passes.quantize.weights import QuantizeDynamic, QuantizeWeights, QuantizeWeightsInt4
 from mcc.passes.simplify.chains import SimplifyChains
 from mcc.passes.simplify.noops import RemoveNoops
 from mcc.passes.substitute.decompose import DecomposeUnsupported
@@ -39,6 +39,7 @@ BUILTIN_PASSES = (
     UpgradeOpset,
     ConvertFloat16,
     QuantizeWeights,
+    QuantizeWeightsInt4,
     QuantizeDynamic,
     FixedPoint,
 )

@@ -38,9 +38,68 @@ def unsupported_nodes(model: onnx.ModelProto, supported: frozenset[str] | None =
     ]
 
 
+SUBBYTE_TYPES = (onnx.TensorProto.INT4, onnx.TensorProto.UINT4)
+
+
+def fold_subbyte_dequantize(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant int4/uint4 (or blocked) DequantizeLinear nodes evaluated to float32 initializers.
+
+    TVM 0.27's importer cannot read int4 initializers (it copies them as one byte per value) nor
+    blocked DequantizeLinear; it folds constant weight dequantization to float anyway, so folding
+    here first computes the same.
+    """
+    from onnx import helper, numpy_helper
+
+    initializers = {t.name: t for t in model.graph.initializer}
+
+    def foldable(node) -> bool:
+        if node.op_type != "DequantizeLinear" or node.domain not in ir.DEFAULT_DOMAINS:
+            return False
+        inputs = [name for name in node.input if name]
+        if not all(name in initializers for name in inputs):
+            return False
+        block = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "block_size"), 0)
+        return initializers[node.input[0]].data_type in SUBBYTE_TYPES or block > 0
+
+    nodes = [node for node in model.graph.node if foldable(node)]
+    if not nodes:
+        return model
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    graph = folded.graph
+    for node in nodes:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        x = numpy_helper.to_array(initializers[node.input[0]]).astype(np.float64)
+        scale = numpy_helper.to_array(initializers[node.input[1]])
+        zero = (numpy_helper.to_array(initializers[node.input[2]]).astype(np.float64)
+                if len(node.input) > 2 and node.input[2] else np.zeros(scale.shape))
+        axis, block = int(attrs.get("axis", 1)) % max(x.ndim, 1), int(attrs.get("block_size", 0))
+        out_dtype = scale.dtype
+        scale = scale.astype(np.float64)
+        if block:
+            scale = np.take(np.repeat(scale, block, axis=axis), range(x.shape[axis]), axis=axis)
+            zero = np.take(np.repeat(zero, block, axis=axis), range(x.shape[axis]), axis=axis)
+        elif scale.ndim == 1 and x.ndim > 1:
+            shape = [-1 if i == axis else 1 for i in range(x.ndim)]
+            scale, zero = scale.reshape(shape), zero.reshape(shape)
+        value = ((x - zero) * scale).astype(out_dtype)
+        graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
+    names = {id(node) for node in nodes}
+    keep = [node for node in model.graph.node if id(node) not in names]
+    del graph.node[:]
+    graph.node.extend(keep)
+    read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    kept = [t for t in graph.initializer if t.name in read or t.name in {v.name for v in graph.input}]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return folded
+
+
 def import_onnx(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]):
     """Relax IRModule for a static-shape model; frontend refusals become UnsupportedError."""
     from tvm.relax.frontend.onnx import from_onnx
+
+    model = fold_subbyte_dequantize(model)
 
     dtypes = {}
     for value in ir.graph_inputs(model):
