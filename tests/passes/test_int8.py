@@ -69,6 +69,22 @@ def test_calibration_methods_give_different_ranges_on_heavy_tailed_data():
     assert abs(entropy - percentile) > 0.05 * percentile  # and are different methods, not aliases
 
 
+def test_percentile_range_follows_the_activation_symmetry():
+    """Symmetric activations: one threshold t, the percentile of |x|, range (-t, t). Asymmetric
+    (the default): each tail of x cut by half the remainder, so the upper end clips less."""
+    model = parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 64] x) => (float[1, 4] y) <float[64, 4] w = {WEIGHTS}> { y = MatMul(x, w) }
+    """.replace("WEIGHTS", ",".join(["0.01"] * 256)))
+    rng = np.random.default_rng(0)
+    feeds = [{"x": (rng.normal(size=(1, 64)) + 1.0).astype(np.float32)} for _ in range(16)]
+    low, high = calibrate_ranges(model, ["x"], feeds, "percentile", 99.0)["x"]
+    s_low, s_high = calibrate_ranges(model, ["x"], feeds, "percentile", 99.0, symmetric=True)["x"]
+    minimum = min(float(feed["x"].min()) for feed in feeds)
+    assert s_low == pytest.approx(max(-s_high, minimum))  # (-t, t), clipped to what was seen
+    assert low > s_low and abs(low + high) > 0.5  # centred on the data, not on 0
+
+
 def test_activation_qparams():
     assert activation_qparams(-1.0, 3.0, symmetric=False) == (pytest.approx(4 / 255), -128 + round(255 / 4))
     assert activation_qparams(-1.0, 3.0, symmetric=True) == (pytest.approx(3 / 127), 0)
