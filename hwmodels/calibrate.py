@@ -38,6 +38,7 @@ from mcc.hwmodels import CURVE_CLASSES, TargetSpec
 from mcc.hwmodels.costmodel import curve_size, estimate
 from mcc.hwmodels.workload import model_work
 from mcc.toolchain import ir
+from mcc.backends.tvm.schedules import SCHEDULES_VERSION
 from mcc.hwmodels.host import calibration_path, cpu_fingerprint
 
 
@@ -269,6 +270,7 @@ def calibrate(spec: TargetSpec, repeat: int = 10, progress: Callable[[str], None
     profile.update({
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "cpu_fingerprint": cpu_fingerprint(),
+        "schedules_version": SCHEDULES_VERSION,
         "tvm_target": str(spec.tvm()),
         "measured_ms": {k: float(f"{v:.6g}") for k, v in measured.items()},
     })

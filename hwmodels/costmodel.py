@@ -35,7 +35,8 @@ import onnx
 from mcc.hwmodels import TargetSpec
 from mcc.hwmodels.kernels import form_kernels, resolve_alias
 from mcc.hwmodels.memory import Buffer, plan_arena
-from mcc.hwmodels.workload import MAC_CLASSES, SLICING_OPS, model_work, native_precision, tensor_bytes
+from mcc.hwmodels.workload import (MAC_CLASSES, SLICING_OPS, model_work, native_precision, qdq_precisions,
+                                    tensor_bytes)
 from mcc.toolchain import ir
 
 
@@ -116,6 +117,9 @@ def estimate(
     """Predict latency, memory, size, energy and price of a static-shape model on `target`."""
     inferred = ir.infer_shapes(model)
     works, types = model_work(inferred)
+    if precision == "native":
+        # a QDQ model's quantized layers read dequantized float tensors, but compute in int8
+        layer_precisions = {**qdq_precisions(inferred, works), **(layer_precisions or {})}
     graph_outputs = {value.name for value in model.graph.output}
     kernels = form_kernels(works, graph_outputs)
     notes: list[str] = []

@@ -108,6 +108,12 @@ def apply_calibration(spec):
         return spec
     try:
         profile = json.loads(path.read_text())
+        from mcc.backends.tvm.schedules import SCHEDULES_VERSION
+
+        if profile.get("schedules_version") != SCHEDULES_VERSION:
+            # measured with other kernels (an older mcc's schedules): the target file's values
+            # describe today's kernels better; `mcc calibrate` measures them again
+            return spec
         efficiency = {**spec.efficiency, **{k: float(v) for k, v in profile.get("efficiency", {}).items()}}
         sources = dict(spec.sources)
         note = f"calibrated on host by `mcc calibrate` ({profile.get('date', '?')}, {path})"

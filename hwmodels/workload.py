@@ -192,3 +192,25 @@ def native_precision(name: str, types: dict) -> str:
     if dtype.itemsize == 1 and dtype.kind in "iu":
         return "int8"
     return "fp32"
+
+
+def qdq_precisions(model: onnx.ModelProto, works: list[NodeWork]) -> dict[str, str]:
+    """Layers of a QDQ model that compute in int8: multiply-accumulate nodes whose activation and
+    weight both come from DequantizeLinear of 8-bit integers (what quantize-int8 writes and
+    backends lower to integer kernels). Name -> "int8"."""
+    producers = {output: node for node in model.graph.node for output in node.output}
+    types = ir.tensor_types(model)
+    initializers = {tensor.name: tensor.data_type for tensor in model.graph.initializer}
+
+    def int8_dequantized(name: str) -> bool:
+        node = producers.get(name)
+        if node is None or node.op_type != "DequantizeLinear":
+            return False
+        source = node.input[0]
+        elem = initializers.get(source) or (types.get(source) or (None, None))[0]
+        dtype = ir.tensor_dtype(elem) if elem else None
+        return dtype is not None and dtype.itemsize == 1 and dtype.kind in "iu"
+
+    return {work.name: "int8" for work in works
+            if work.op_class in MAC_CLASSES and len(work.input_names) >= 2
+            and all(int8_dequantized(name) for name in work.input_names[:2])}

@@ -41,6 +41,24 @@ def test_corrupt_profile_is_ignored(cache):
     assert "calibrated on host" not in load_target("host").sources["efficiency"]
 
 
+def test_a_profile_measured_with_other_schedules_is_ignored(cache):
+    """A profile from an older mcc measured other kernels: the target file's figures apply until
+    `mcc calibrate` runs again."""
+    from mcc.backends.tvm.schedules import SCHEDULES_VERSION
+    from mcc.hwmodels.host import calibration_path
+
+    path = calibration_path()
+    path.parent.mkdir(parents=True)
+    for version, applied in ((SCHEDULES_VERSION - 1, False), (None, False), (SCHEDULES_VERSION, True)):
+        profile = {"efficiency": {"conv": 0.123}}
+        if version is not None:
+            profile["schedules_version"] = version
+        path.write_text(json.dumps(profile))
+        target = load_target("host")
+        assert (target.efficiency["conv"] == pytest.approx(0.123)) is applied, version
+        assert ("calibrated on host" in target.sources["efficiency"]) is applied
+
+
 def test_only_the_host_calibrates_itself(run_mcc, cache):
     result = run_mcc("calibrate", "--target", "raspberry-pi-4", env={"MCC_CACHE_DIR": str(cache)})
     assert result.returncode == 2 and "is not the host" in result.stderr
@@ -97,6 +115,9 @@ def test_profile_with_a_bad_curve_is_ignored(cache, curves):
 
     path = calibration_path()
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"efficiency": {"conv": 0.5}, "efficiency_curves": curves}))
+    from mcc.backends.tvm.schedules import SCHEDULES_VERSION
+
+    path.write_text(json.dumps({"efficiency": {"conv": 0.5}, "efficiency_curves": curves,
+                                "schedules_version": SCHEDULES_VERSION}))
     target = load_target("host")
     assert "calibrated on host" not in target.sources["efficiency"] and not target.efficiency_curves

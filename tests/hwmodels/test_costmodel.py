@@ -91,6 +91,22 @@ def test_int8_what_if_quarters_bytes_and_uses_the_int8_rate():
     assert per_layer.precision == "mixed" and per_layer.kernels[0].precision == "int8"
 
 
+def test_a_qdq_model_is_estimated_at_int8_where_it_is_quantized():
+    """quantize-int8's QDQ form: the convolution reads dequantized floats but computes in int8
+    (the backends lower it to integer kernels), so the native estimate uses the int8 rate."""
+    from tests.backends.test_integer import qdq_conv
+
+    quantized = qdq_conv(8, 32, 3, pad=1)
+    result = estimate(quantized, synthetic_target())
+    (conv,) = [k for k in result.kernels if k.op_class == "conv"]
+    assert conv.precision == "int8"
+    # an explicit per-layer precision still wins over what the QDQ form implies
+    conv_node = next(n.name or f"Conv_{i}" for i, n in enumerate(quantized.graph.node) if n.op_type == "Conv")
+    as_float = estimate(quantized, synthetic_target(), layer_precisions={conv_node: "fp32"})
+    (float_conv,) = [k for k in as_float.kernels if k.op_class == "conv"]
+    assert float_conv.precision == "fp32" and float_conv.compute_ms == pytest.approx(4 * conv.compute_ms)
+
+
 def test_precision_without_a_rate_falls_back_to_fp32_with_a_note():
     result = estimate(conv_relu_model(), synthetic_target(), precision="fp16")
     assert result.kernels[0].compute_ms == pytest.approx(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+#: bumped whenever the default schedules change what kernels reach: measurements taken with other
+#: kernels (a host calibration profile) no longer describe mcc's output
+SCHEDULES_VERSION = 2
+
 
 def apply_default_schedules(mod, target, skip: frozenset[str] = frozenset()):
     """Schedule every PrimFunc of `mod` not yet scheduled and not in `skip`.
