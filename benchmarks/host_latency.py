@@ -131,7 +131,7 @@ def report_runner(report: dict):
     return RelaxVMRunner(Path(report["artifacts"]["library"]), optimized)
 
 
-class _OrtRunner:
+class OrtRunner:
     """onnxruntime (ORT_ENABLE_ALL, THREADS intra-op threads) timed like the TVM runners."""
 
     def __init__(self, model: onnx.ModelProto):
@@ -191,7 +191,7 @@ def benchmark(spec, shared: Path, target, repeat: int, rounds: int, tune_budget_
         row.cells["error"] = f"{exc.kind}: {message_line(exc)}"
         return row
     inputs = validate.random_inputs(original, shapes, seed=0)
-    runners = {"ort": _OrtRunner(original)}
+    runners = {"ort": OrtRunner(original)}
     slow = {}
     for key, schedules in (("plain", False), ("sched", True)):
         try:
