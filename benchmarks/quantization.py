@@ -277,7 +277,7 @@ def main() -> int:
             tvm_int8, details = tvm_runner(int8, feed, work)
             # the compiled int8 artifact itself, integer kernels and all, on the same images
             top1, top5 = accuracy(int8, images, labels, run=tvm_int8.run)
-            row(f"mcc int8 (percentile), TVM artifact ({details['integer_convolutions']} integer convolutions)",
+            row(f"mcc int8 (percentile), TVM artifact ({details['integer_kernels']} integer kernels)",
                 top1, top5, weight_bytes(int8))
             runners = {"tvm fp32": tvm_fp32, "tvm int8": tvm_int8, "ort fp32": OrtRunner(fp32),
                        "ort mcc int8": OrtRunner(int8),

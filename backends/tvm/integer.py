@@ -1,4 +1,4 @@
-"""Quantized convolutions lowered to integer kernels (Relax rewrite, before legalization).
+"""Quantized convolutions and matmuls lowered to integer kernels (Relax rewrite, before legalization).
 
 TVM 0.27 imports a QDQ model as float math: the weight's DequantizeLinear is folded to float32,
 the convolution runs in float and the activation's quantize -> dequantize pair is fake-quant
@@ -20,11 +20,15 @@ of u8 x s8 into 16 int32 lanes) computes; mcc's default schedules tensorize thes
 (schedules/integer.py). The rewrite applies only to targets with that instruction: elsewhere an
 integer convolution would run as widened int32 multiplies, slower than float FMAs.
 
-Shapes the kernels need: input channels a multiple of 4 (a VNNI group) and output channels a
-multiple of 16 (one vector of int32 lanes); others are padded with zero weights (and the output
-sliced back); an output width with no divisor from 6 to 24 is computed a few columns wider;
-ungrouped NCHW/OIHW convolutions with scalar activation quantization and zero weight zero points.
-Anything else keeps TVM's float lowering.
+Matmuls the same way: `matmul(dequantize(xq), dequantize(Wq [K, N], axis=1))`, or a Gemm's
+`permute_dims(dequantize(Wq [N, K], axis=0))`, become a uint8 x int8 -> int32 matmul with the
+per-column epilogue float(acc) * sx * sw[n] - sx * sw[n] * zu * sum_k Wq[k, n].
+
+Shapes the kernels need: input channels (the reduction K) a multiple of 4 (a VNNI group) and
+output channels (columns) a multiple of 16 (one vector of int32 lanes); others are padded with zero
+weights (and the output sliced back); an output width with no divisor from 6 to 24 is computed a
+few columns wider; ungrouped NCHW/OIHW convolutions with scalar activation quantization and zero
+weight zero points. Anything else keeps TVM's float lowering.
 """
 
 from __future__ import annotations
@@ -66,9 +70,9 @@ def _constant(expr):
     return expr.value.numpy() if isinstance(expr, GenericConst) else None
 
 
-def lower_quantized_convolutions(mod, target):
-    """(module, number of convolutions rewritten to integer kernels); the module unchanged when
-    the target has no integer dot product or nothing matches."""
+def lower_quantized_kernels(mod, target):
+    """(module, number of convolutions and matmuls rewritten to integer kernels); the module
+    unchanged when the target has no integer dot product or nothing matches."""
     if not target_has_integer_dot(target):
         return mod, 0
     from tvm import relax
@@ -86,10 +90,12 @@ def _make_rewriter():
     from tvm import relax
 
     conv2d_op = tvm.ir.Op.get("relax.nn.conv2d")
+    matmul_op = tvm.ir.Op.get("relax.matmul")
+    permute_dims_op = tvm.ir.Op.get("relax.permute_dims")
     dequantize_op = tvm.ir.Op.get("relax.dequantize")
 
     @relax.expr_functor.mutator
-    class QuantizedConvRewriter(relax.PyExprMutator):
+    class QuantizedKernelRewriter(relax.PyExprMutator):
         def __init__(self, mod):
             super().__init__(mod)
             self.count = 0
@@ -103,10 +109,83 @@ def _make_rewriter():
 
         def visit_call_(self, call):
             call = self.visit_expr_post_order(call)
-            if not (isinstance(call.op, tvm.ir.Op) and call.op.same_as(conv2d_op)):
+            if not isinstance(call.op, tvm.ir.Op):
                 return call
-            replacement = self._integer_conv(call)
+            if call.op.same_as(conv2d_op):
+                replacement = self._integer_conv(call)
+            elif call.op.same_as(matmul_op):
+                replacement = self._integer_matmul(call)
+            else:
+                return call
             return call if replacement is None else replacement
+
+        def _activation(self, data):
+            """(xq, sx, zx, dtype) of a per-tensor dequantized activation, or None."""
+            if not (isinstance(data, relax.Call) and data.op.same_as(dequantize_op)):
+                return None
+            xq, sx, zx = data.args
+            sx, zx = _constant(sx), _constant(zx)
+            dtype = str(xq.ty.dtype)
+            if sx is None or zx is None or sx.size != 1 or zx.size != 1 or dtype not in ("int8", "uint8"):
+                return None
+            return xq, float(sx.reshape(())), int(zx.reshape(())), dtype
+
+        def _to_uint8(self, xq, dtype):
+            """uint8 activations, what vpdpbusd's unsigned operand needs (+ 128 for int8)."""
+            if dtype == "uint8":
+                return xq
+            return self.builder_.emit(relax.op.astype(
+                relax.op.add(relax.op.astype(xq, "int16"), relax.const(128, "int16")), "uint8"))
+
+        def _integer_matmul(self, call):
+            """matmul(dequantize(xq), W) with W = dequantize(Wq [K, N], axis 1) or
+            permute_dims(dequantize(Wq [N, K], axis 0)) (Gemm with transB)."""
+            if str(call.ty.dtype) != "float32":
+                return None
+            data, weight = (self._producer(arg) for arg in call.args)
+            activation = self._activation(data)
+            if activation is None:
+                return None
+            xq, sx, zx, x_dtype = activation
+            transposed = False
+            if isinstance(weight, relax.Call) and weight.op.same_as(permute_dims_op):
+                axes = weight.attrs.axes
+                if axes is None or [int(a) for a in axes] != [1, 0]:
+                    return None
+                weight, transposed = self._producer(weight.args[0]), True
+            if not (isinstance(weight, relax.Call) and weight.op.same_as(dequantize_op)):
+                return None
+            wq, sw, zw = (_constant(arg) for arg in weight.args)
+            if any(value is None for value in (wq, sw, zw)) or wq.dtype != np.int8 or wq.ndim != 2 or np.any(zw != 0):
+                return None
+            axis = int(weight.attrs.axis) % 2
+            if transposed:
+                wq, axis = wq.T, 1 - axis
+            if axis != 1 and sw.size != 1:  # scales must run along the output columns
+                return None
+            depth, columns = wq.shape
+            sw = np.broadcast_to(sw.astype(np.float64).reshape(-1), (columns,))
+            zu = zx + (128 if x_dtype == "int8" else 0)
+            emit = self.builder_.emit
+            xu = self._to_uint8(xq, x_dtype)
+            extra_depth = -depth % REDUCTION_GROUP
+            if extra_depth:  # reduction to a multiple of 4: zero weights for the added values
+                rank = len(xq.ty.shape)
+                xu = emit(relax.op.nn.pad(xu, [0, 0] * (rank - 1) + [0, extra_depth], pad_value=float(zu)))
+            blocks = -(-columns // CHANNEL_BLOCK)
+            packed = np.zeros((depth + extra_depth, blocks * CHANNEL_BLOCK), np.int8)
+            packed[:depth, :columns] = wq
+            accumulated = emit(relax.op.matmul(xu, relax.const(packed), out_dtype="int32"))
+            if packed.shape[1] != columns:
+                rank = len(xq.ty.shape)
+                accumulated = emit(relax.op.strided_slice(accumulated, axes=[rank - 1], begin=[0], end=[columns]))
+            scale = sx * sw
+            result = relax.op.multiply(relax.op.astype(accumulated, "float32"), relax.const(scale.astype(np.float32)))
+            if zu != 0:
+                offset = -scale * zu * wq.astype(np.int64).sum(axis=0)
+                result = relax.op.add(emit(result), relax.const(offset.astype(np.float32)))
+            self.count += 1
+            return result
 
         def _integer_conv(self, call):
             attrs = call.attrs
@@ -116,27 +195,20 @@ def _make_rewriter():
                     or str(attrs.out_layout) != "NCHW"):
                 return None
             data, weight = (self._producer(arg) for arg in call.args)
-            if not all(isinstance(e, relax.Call) and e.op.same_as(dequantize_op) for e in (data, weight)):
+            activation = self._activation(data)
+            if activation is None or not (isinstance(weight, relax.Call) and weight.op.same_as(dequantize_op)):
                 return None
-            xq, sx, zx = data.args
+            xq, sx, zx, x_dtype = activation
             wq, sw, zw = (_constant(arg) for arg in weight.args)
-            sx, zx = _constant(sx), _constant(zx)
-            if any(value is None for value in (wq, sw, zw, sx, zx)):
-                return None
-            x_dtype = str(xq.ty.dtype)
-            if (x_dtype not in ("int8", "uint8") or wq.dtype != np.int8 or wq.ndim != 4 or sx.size != 1
-                    or zx.size != 1 or np.any(zw != 0) or int(weight.attrs.axis) != 0):
+            if (any(value is None for value in (wq, sw, zw)) or wq.dtype != np.int8 or wq.ndim != 4
+                    or np.any(zw != 0) or int(weight.attrs.axis) != 0):
                 return None
             out_channels, in_channels = wq.shape[:2]
             sw = np.broadcast_to(sw.astype(np.float64).reshape(-1), (out_channels,))
-            sx = float(sx.reshape(()))
-            zu = int(zx.reshape(())) + (128 if x_dtype == "int8" else 0)
+            zu = zx + (128 if x_dtype == "int8" else 0)
 
             emit = self.builder_.emit
-            xu = xq
-            if x_dtype == "int8":  # to uint8: + 128, what vpdpbusd's unsigned operand needs
-                xu = emit(relax.op.astype(relax.op.add(relax.op.astype(xq, "int16"), relax.const(128, "int16")),
-                                          "uint8"))
+            xu = self._to_uint8(xq, x_dtype)
             padding = [int(p) for p in attrs.padding]
             strides = [int(v) for v in attrs.strides]
             dilation = [int(v) for v in attrs.dilation]
@@ -171,4 +243,4 @@ def _make_rewriter():
             self.count += 1
             return result
 
-    return QuantizedConvRewriter
+    return QuantizedKernelRewriter

@@ -49,7 +49,7 @@ def lower(mod, target, *, default_schedules: bool = True, use_tuning_records: bo
     """
     from mcc.backends.tvm import integer, schedules, tuning
 
-    mod, integer_convolutions = integer.lower_quantized_convolutions(mod, target)
+    mod, integer_kernels = integer.lower_quantized_kernels(mod, target)
     mod = legalize(mod)
     tuned: list[str] = []
     if use_tuning_records:
@@ -60,7 +60,7 @@ def lower(mod, target, *, default_schedules: bool = True, use_tuning_records: bo
     # weight re-layouts become their own kernels, evaluated on the constants now
     mod = schedules.split_relayouts(mod)
     return mod, {"tuned_kernels": sorted(tuned), "default_schedules": applied,
-                 "integer_convolutions": integer_convolutions}
+                 "integer_kernels": integer_kernels}
 
 
 class TvmLlvmBackend:

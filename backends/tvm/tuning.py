@@ -333,7 +333,7 @@ def lowered_for_tuning(model, target, input_shapes: dict):
     from mcc.backends.tvm import common, integer
     from mcc.backends.tvm.llvm import legalize
 
-    mod, _ = integer.lower_quantized_convolutions(common.import_onnx(model, input_shapes), target)
+    mod, _ = integer.lower_quantized_kernels(common.import_onnx(model, input_shapes), target)
     return legalize(mod)
 
 

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from mcc.backends import get_backend
-from mcc.backends.tvm.integer import lower_quantized_convolutions, target_has_integer_dot
+from mcc.backends.tvm.integer import lower_quantized_kernels, target_has_integer_dot
 from mcc.hwmodels import load_target
 from tests.conftest import ort_run
 
@@ -78,7 +78,7 @@ def test_quantized_convolution_runs_as_integer_kernel_and_matches_onnxruntime(ca
     shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
     backend = get_backend("tvm-llvm")
     artifact = backend.compile(model, HOST, {"x": shape}, tmp_path / "m.so")
-    assert artifact.details["integer_convolutions"] == 1
+    assert artifact.details["integer_kernels"] == 1
     assert "integer-dot" in artifact.details["default_schedules"].values(), artifact.details["default_schedules"]
     feed = {"x": np.random.default_rng(1).normal(scale=1.5, size=shape).astype(np.float32)}
     got = backend.load(artifact.library, model).run(feed)[0]
@@ -101,7 +101,7 @@ def test_targets_without_vnni_keep_the_float_lowering():
     model = qdq_conv(8, 32, 3, pad=1)
     mod = common.import_onnx(model, {"x": (1, 8, 12, 12)})
     generic = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64", "num-cores": 2})
-    _, count = lower_quantized_convolutions(mod, generic)
+    _, count = lower_quantized_kernels(mod, generic)
     assert count == 0
 
 
@@ -113,5 +113,54 @@ def test_grouped_and_float_convolutions_are_not_rewritten():
     # the weight's DequantizeLinear bypassed: a float weight, nothing to lower
     float_model.graph.node[3].input[1] = "w_float"
     float_model.graph.initializer.append(numpy_helper.from_array(np.ones((32, 8, 3, 3), np.float32), "w_float"))
-    _, count = lower_quantized_convolutions(common.import_onnx(float_model, {"x": (1, 8, 12, 12)}), HOST)
+    _, count = lower_quantized_kernels(common.import_onnx(float_model, {"x": (1, 8, 12, 12)}), HOST)
     assert count == 0
+
+
+def qdq_matmul(rows, depth, columns, *, batch=None, gemm=False, zero_point=3, seed=0):
+    """QuantizeLinear -> DequantizeLinear -> MatMul(DequantizeLinear(int8 W [K, N], axis 1)), or a
+    Gemm with transB (W stored [N, K], axis 0) and a bias."""
+    rng = np.random.default_rng(seed)
+    weight = rng.normal(scale=0.3, size=(columns, depth) if gemm else (depth, columns))
+    axis = 0 if gemm else 1
+    w_scale = np.abs(weight).max(axis=1 - axis) / 127
+    w_q = np.clip(np.round(weight / (w_scale[:, None] if gemm else w_scale[None, :])), -127, 127).astype(np.int8)
+    shape = [rows, depth] if batch is None else [batch, rows, depth]
+    inits = {"x_scale": np.array(0.02, np.float32), "x_zp": np.array(zero_point, np.int8), "w_q": w_q,
+             "w_scale": w_scale.astype(np.float32), "w_zp": np.zeros(columns, np.int8),
+             "b": rng.normal(size=columns).astype(np.float32)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zp"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["wd"], axis=axis)]
+    if gemm:
+        nodes.append(helper.make_node("Gemm", ["xd", "wd", "b"], ["y"], transB=1))
+    else:
+        nodes.append(helper.make_node("MatMul", ["xd", "wd"], ["y"]))
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+                              initializer=[numpy_helper.from_array(a, n) for n, a in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model, tuple(shape)
+
+
+MATMUL_CASES = {
+    "dense_2d": dict(rows=8, depth=64, columns=32),
+    "batched_3d_odd_sizes": dict(rows=5, depth=30, columns=20, batch=2),  # K padded to 32, N to 32
+    "gemm_transb_one_row": dict(rows=1, depth=96, columns=48, gemm=True),
+}
+
+
+@needs_vnni
+@pytest.mark.parametrize("case", sorted(MATMUL_CASES))
+def test_quantized_matmul_runs_as_integer_kernel_and_matches_onnxruntime(case, tmp_path):
+    model, shape = qdq_matmul(**MATMUL_CASES[case])
+    backend = get_backend("tvm-llvm")
+    artifact = backend.compile(model, HOST, {"x": shape}, tmp_path / "m.so")
+    assert artifact.details["integer_kernels"] == 1
+    assert "integer-dot" in artifact.details["default_schedules"].values(), artifact.details["default_schedules"]
+    feed = {"x": np.random.default_rng(1).normal(scale=1.5, size=shape).astype(np.float32)}
+    got = backend.load(artifact.library, model).run(feed)[0]
+    want = ort_run(model, feed)[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))

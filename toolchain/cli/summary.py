@@ -49,8 +49,8 @@ def print_compile_summary(report: dict, model_path) -> None:
                    f"{search['metric']} {search['chosen']} (float32 {search['fp32']}, all int8 {search['all_int8']}) "
                    f"on {search['evaluation_samples']} samples; budget {search['budget']}: "
                    f"{'met' if search['budget_met'] else 'NOT met'}")
-    if kernels.get("integer_convolutions"):
-        click.echo(f"  integer    {kernels['integer_convolutions']} quantized convolution(s) run as "
+    if kernels.get("integer_kernels"):
+        click.echo(f"  integer    {kernels['integer_kernels']} quantized convolution(s)/matmul(s) run as "
                    "uint8 x int8 -> int32 kernels (VNNI)")
     estimate = report.get("estimate")
     if estimate:

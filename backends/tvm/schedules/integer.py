@@ -1,5 +1,9 @@
-"""`integer-dot`: uint8 x int8 -> int32 convolutions on x86 VNNI (the kernels backends/tvm/integer.py
-lowers quantized convolutions to).
+"""`integer-dot`: uint8 x int8 -> int32 convolutions and matmuls on x86 VNNI (the kernels
+backends/tvm/integer.py lowers quantized convolutions and matmuls to).
+
+Matmuls `[..., M, K] x [K, N]`: weights packed `[N/16, K/4, 16, 4]` at compile time, the data
+read as it is (4 consecutive K values are contiguous), a register tile of rows x 16-column
+vectors. Convolutions:
 
 The register tile holds `vectors x pixels` accumulators of 16 int32 output channels each, kept
 across the whole reduction. Each step of the reduction is one `vpdpbusd`: 4 input channels of one
@@ -99,7 +103,7 @@ def integer_dot(sch, cpu: base.CpuInfo) -> bool:
         return False
     anchor, producers, consumers = found
     block = sch.get(anchor)
-    if base._iter_kinds(block) != "SSSSRRR" or block.writes[0].source.dtype != "int32":
+    if base._iter_kinds(block) not in ("SSSSRRR", "SR", "SSR", "SSSR") or block.writes[0].source.dtype != "int32":
         return False
     output = block.writes[0].source
     reads = list(block.reads)
@@ -110,9 +114,13 @@ def integer_dot(sch, cpu: base.CpuInfo) -> bool:
     data_index, weight_index = dtypes["uint8"], dtypes["int8"]
     if not base._is_constant_operand(sch, reads[weight_index]):
         return False
-    # the legalized conv2d_nchw: out[n, o, y, x] += data[n, c, y*s + ky, x*s + kx] * weight[o, c, ky, kx]
     iters = [iv.var for iv in block.iter_vars]
     weight_vars = [base._index_position(reads[weight_index], var) for var in iters]
+    kinds = base._iter_kinds(block)
+    if kinds.count("R") == 1 and kinds.endswith("R") and weight_vars[-2:] == [1, 0]:
+        # the legalized matmul: out[..., m, n] += data[..., m, k] * weight[k, n]
+        return _integer_matmul(sch, cpu, anchor, producers, consumers, data_index, weight_index)
+    # the legalized conv2d_nchw: out[n, o, y, x] += data[n, c, y*s + ky, x*s + kx] * weight[o, c, ky, kx]
     if weight_vars != [None, 0, None, None, 1, 2, 3]:
         return False
     extents = [base._int_extent(sch, loop) for loop in sch.get_loops(anchor)]
@@ -200,3 +208,75 @@ def integer_dot(sch, cpu: base.CpuInfo) -> bool:
             continue
         base.schedule_injective(sch, block_rv, cpu)
     return True
+
+
+def _integer_matmul(sch, cpu: base.CpuInfo, anchor, producers, consumers, data_index: int, weight_index: int) -> bool:
+    """uint8 [..., M, K] x int8 [K, N] -> int32: weights packed [N/16, K/4, 16, 4], the data read
+    as is (4 consecutive K values are contiguous), a tile of rows x 16-column vectors."""
+    from tvm.tirx import IndexMap
+
+    loops = sch.get_loops(anchor)
+    extents = [base._int_extent(sch, loop) for loop in loops]
+    if None in extents:
+        return False
+    *row_extents, columns, depth = extents
+    if columns % LANES or depth % GROUP or base._loops_bind_iters(sch, anchor) is None:
+        return False
+    if any(not base._has_if_then_else(sch.get(b)) for b in producers):
+        return False  # the data must be a buffer the intrinsic loads from, not an inlined expression
+    _register_intrinsic()
+    root = sch.get_sblock("root")
+    for block_rv in consumers[:-1]:
+        try:
+            sch.compute_inline(block_rv)
+        except Exception:
+            pass
+    blocks = list(sch.get_child_blocks(root))
+    consumers = blocks[base._position(sch, blocks, anchor) + 1:]
+    output = sch.get(anchor).writes[0].source
+
+    packer = sch.cache_read(anchor, weight_index, "global")
+    sch.annotate(packer, base.RELAYOUT_ANNOTATION, 1)
+    sch.transform_layout(anchor, ("read", weight_index),
+                         IndexMap.from_func(lambda k, n: (n // 16, k // 4, n % 16, k % 4), ndim=2))
+    writeback = sch.cache_write(anchor, 0, "local")
+    unfused = base.inline_epilogue(sch, consumers, output.shape)
+
+    *row_loops, n, k = sch.get_loops(anchor)
+    rows = row_extents[-1] if row_extents else 1
+    vectors = max(v for v in range(1, MAX_ACCUMULATORS + 1) if (columns // LANES) % v == 0 and v <= MAX_ACCUMULATORS)
+    tile_rows = base._largest_divisor_at_most(rows, max(MAX_ACCUMULATORS // vectors, 1)) if row_loops else 1
+    if tile_rows * vectors < 8 and vectors > 1:
+        vectors = max(v for v in range(1, vectors + 1) if (columns // LANES) % v == 0 and v * tile_rows <= 24)
+    n_outer, n_vectors, n_lanes = sch.split(n, factors=[None, vectors, LANES])
+    k_outer, k_group = sch.split(k, factors=[None, GROUP])
+    outer = list(row_loops[:-1])
+    inner = []
+    if row_loops:
+        m_outer, m_inner = sch.split(row_loops[-1], factors=[None, tile_rows])
+        outer.append(m_outer)
+        inner.append(m_inner)
+    sch.reorder(*outer, n_outer, k_outer, *inner, n_vectors, n_lanes, k_group)
+    fused = sch.fuse(*outer, n_outer) if outer else n_outer
+    sch.reverse_compute_at(writeback, fused, preserve_unit_loops=True)
+    tiled_epilogue = []
+    for block_rv in unfused:
+        try:
+            sch.reverse_compute_at(block_rv, fused, preserve_unit_loops=True)
+            tiled_epilogue.append(block_rv)
+        except Exception:
+            pass
+    if cpu.cores > 1 and (_extent_product(sch, fused) or 1) > 1:
+        sch.parallel(fused)
+    init = sch.decompose_reduction(anchor, k_outer)
+    for loop in inner:
+        sch.unroll(loop)
+    sch.unroll(n_vectors)
+    sch.tensorize(n_lanes, VNNI_INTRINSIC)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.vectorize(sch.get_loops(writeback)[-1])
+    return True
+
+
+def _extent_product(sch, loop) -> int | None:
+    return base._int_extent(sch, loop)
