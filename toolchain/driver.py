@@ -261,8 +261,10 @@ def _check_request(request: CompileRequest):
                              "--max-accuracy-drop)")
         if request.max_accuracy_drop is None and request.min_sqnr_db is None:
             raise UsageError("--precision mixed needs a budget: --max-accuracy-drop POINTS or --min-sqnr-db DB")
-    elif request.eval_data or request.max_accuracy_drop is not None:
-        raise UsageError("--eval-data and --max-accuracy-drop drive --precision mixed; add it")
+    elif request.precision != "int8" and (request.eval_data or request.max_accuracy_drop is not None):
+        raise UsageError("--eval-data and --max-accuracy-drop apply to --precision int8 or mixed")
+    elif request.max_accuracy_drop is not None and not request.eval_data:
+        raise UsageError("--max-accuracy-drop is measured on --eval-data FILE.npz (with 'labels')")
     if request.calib_data and request.calib_data != "random" and not Path(request.calib_data).exists():
         raise UsageError(f"--calib-data {request.calib_data}: no such file or folder")
     if request.budget_s is not None and not request.budget_s > 0:
@@ -384,8 +386,21 @@ def _optimize(request: CompileRequest, target, backend, passes, timer: Timer, wi
             from mcc.passes.quantize.int8 import QuantizeInt8
 
             quantize = QuantizeInt8(calib_data=str(request.calib_data), method=request.calib_method)
+            float_model = optimized
             optimized, more = PassManager([quantize], ctx).run(optimized)
             records.extend(more)
+            if request.eval_data:
+                from mcc.passes.quantize import mixed
+
+                budget = (mixed.Budget(max_accuracy_drop=request.max_accuracy_drop)
+                          if request.max_accuracy_drop is not None else None)
+                data = mixed.load_eval_data(request.eval_data, float_model)
+                precision_search = mixed.measure_against_budget(float_model, optimized, data, budget)
+                if not precision_search["budget_met"]:
+                    raise ValidationFailed(
+                        f"int8 misses the accuracy budget on --eval-data: top-1 {precision_search['int8']} % against "
+                        f"float32 {precision_search['fp32']} % (allowed drop {request.max_accuracy_drop} points); "
+                        "--precision mixed keeps the most sensitive layers in float32")
         elif request.precision == "mixed":
             from mcc.passes.quantize import mixed
             from mcc.passes.quantize.int8 import QuantizeInt8
@@ -535,7 +550,8 @@ def _compile_into(request: CompileRequest, target, backend, passes, staging: Pat
     if remote_report is not None:
         report["remote"] = remote_report
     if front.precision_search is not None:
-        report["precision_search"] = front.precision_search
+        # mixed: the search; int8 with --eval-data: the measured metric
+        report["precision_search" if request.precision == "mixed" else "accuracy"] = front.precision_search
     timings = dict(timer.phases)
     timings.update({f"backend_{key}": value for key, value in artifact.timings_s.items()})
     timings["total"] = timer.total()

@@ -136,10 +136,17 @@ class Evaluator:
     def measure(self, model: onnx.ModelProto, outputs: np.ndarray | None = None) -> float:
         outputs = self._outputs(model) if outputs is None else outputs
         if self.budget.metric == "top1":
-            classes = self._first_output_size(model)
-            predictions = outputs[:, :classes].argmax(axis=1)
-            return float(100.0 * np.mean(predictions == self.data.labels))
+            return self._top_k(model, outputs, 1)
         return sqnr_db(self.reference_outputs, outputs)
+
+    def top5(self, model: onnx.ModelProto) -> float | None:
+        """Top-5 % with labels (None without)."""
+        return None if self.data.labels is None else self._top_k(model, self._outputs(model), 5)
+
+    def _top_k(self, model: onnx.ModelProto, outputs: np.ndarray, k: int) -> float:
+        scores = outputs[:, :self._first_output_size(model)]
+        best = np.argsort(-scores, axis=1)[:, :k]
+        return float(100.0 * np.mean(np.any(best == self.data.labels[:, None], axis=1)))
 
     @staticmethod
     def _first_output_size(model: onnx.ModelProto) -> int:
@@ -212,6 +219,11 @@ def search(model: onnx.ModelProto, quantize: QuantizeInt8, data: EvalData, budge
     met = budget.holds(value, evaluator.reference)
     if len(fallback) == len(names):
         current = model  # nothing left in int8: the float32 model itself
+    top5 = {}
+    if data.labels is not None:
+        all_int8_model = quantized([])
+        top5 = {"top5": {"fp32": _rounded(evaluator.top5(model)), "all_int8": _rounded(evaluator.top5(all_int8_model)),
+                         "chosen": _rounded(evaluator.top5(current))}}
     report = {
         "metric": "top-1 %" if budget.metric == "top1" else "SQNR dB (all outputs, against float32)",
         "budget": (f"top-1 drop <= {budget.max_accuracy_drop} points" if budget.metric == "top1"
@@ -228,6 +240,7 @@ def search(model: onnx.ModelProto, quantize: QuantizeInt8, data: EvalData, budge
         "layers": [{"node": node.name, "op": node.op_type,
                     "precision": "fp32" if node.name in fallback else "int8",
                     "sensitivity": _rounded(sensitivity[node.name])} for node in layers],
+        **top5,
     }
     ctx.note(f"precision search: {report['int8_layers']} of {len(names)} layer(s) int8, {len(fallback)} fp32; "
              f"{report['metric']} {report['chosen']} (fp32 {report['fp32']}, all-int8 {report['all_int8']}); "
@@ -237,3 +250,27 @@ def search(model: onnx.ModelProto, quantize: QuantizeInt8, data: EvalData, budge
 
 def _rounded(value: float):
     return None if not np.isfinite(value) else round(float(value), 4)
+
+
+def measure_against_budget(model: onnx.ModelProto, quantized: onnx.ModelProto, data: EvalData,
+                           budget: Budget | None) -> dict:
+    """`--precision int8 --eval-data E`: the metric of float32 and of the int8 model, and whether
+    the budget (if any) holds; no search."""
+    if budget is None:
+        budget = Budget(max_accuracy_drop=float("inf")) if data.labels is not None else Budget(
+            min_sqnr_db=float("-inf"))
+    evaluator = Evaluator(model, data, budget)
+    value = evaluator.measure(quantized)
+    report = {
+        "metric": "top-1 %" if budget.metric == "top1" else "SQNR dB (all outputs, against float32)",
+        "evaluation_samples": len(data.feeds),
+        "fp32": _rounded(evaluator.reference),
+        "int8": _rounded(value),
+        "budget_met": bool(budget.holds(value, evaluator.reference)),
+    }
+    if np.isfinite(budget.max_accuracy_drop if budget.max_accuracy_drop is not None else budget.min_sqnr_db):
+        report["budget"] = (f"top-1 drop <= {budget.max_accuracy_drop} points" if budget.metric == "top1"
+                            else f"SQNR >= {budget.min_sqnr_db} dB")
+    if data.labels is not None:
+        report["top5"] = {"fp32": _rounded(evaluator.top5(model)), "int8": _rounded(evaluator.top5(quantized))}
+    return report

@@ -118,10 +118,28 @@ def test_cli_mixed_precision_reports_the_search(run_mcc, data_files):
     (["--precision", "mixed", "--calib-data", "calib.npz", "--eval-data", "eval.npz"], "needs a budget"),
     (["--precision", "mixed", "--calib-data", "calib.npz", "--eval-data", "eval_nolabels.npz",
       "--max-accuracy-drop", "1"], "needs labels"),
-    (["--precision", "int8", "--calib-data", "calib.npz", "--max-accuracy-drop", "1"], "drive --precision mixed"),
+    (["--precision", "fp16", "--eval-data", "eval.npz"], "apply to --precision int8 or mixed"),
+    (["--precision", "int8", "--calib-data", "calib.npz", "--max-accuracy-drop", "1"], "is measured on --eval-data"),
 ])
 def test_cli_usage_errors(run_mcc, data_files, args, message):
     args = [str(data_files / a) if a.endswith(".npz") else a for a in args]
     result = run_mcc("compile", data_files / "model.onnx", *args)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_int8_with_eval_data_reports_the_metric_and_enforces_the_budget(run_mcc, data_files):
+    common = ["--precision", "int8", "--calib-data", data_files / "calib.npz", "--eval-data", data_files / "eval.npz",
+              "--inputs", data_files / "validate.npz"]
+    # this model is built to lose accuracy at int8: validation is told to accept that (--min-sqnr-db)
+    measured = run_mcc("compile", data_files / "model.onnx", *common, "--min-sqnr-db", "-50", "-o", data_files / "a",
+                       "--json")
+    assert measured.returncode == 0, measured.stderr
+    accuracy = json.loads(measured.stdout)["accuracy"]
+    assert accuracy["fp32"] == 100.0 and accuracy["int8"] < 99.0 and "budget" not in accuracy
+    assert accuracy["top5"]["fp32"] == 100.0
+    refused = run_mcc("compile", data_files / "model.onnx", *common, "--max-accuracy-drop", "0.5",
+                      "-o", data_files / "b")
+    assert refused.returncode == 4, refused.stderr
+    assert "misses the accuracy budget" in refused.stderr and "--precision mixed" in refused.stderr
+    assert not (data_files / "b").exists()  # no half-written output

@@ -43,11 +43,11 @@ def cli() -> None:
 @click.option("--calib-method", default="percentile", show_default=True,
               type=click.Choice(["minmax", "percentile", "entropy"]), help="int8 activation range calibration.")
 @click.option("--eval-data", default=None, metavar="FILE.npz",
-              help="--precision mixed: evaluation samples (one array per input, first axis = samples) and "
-                   "'labels' (class per sample) for --max-accuracy-drop.")
+              help="--precision int8 or mixed: evaluation samples (one array per input, first axis = samples) and "
+                   "'labels' (class per sample) for top-1; int8 reports the metric, mixed searches with it.")
 @click.option("--max-accuracy-drop", type=float, default=None, metavar="POINTS",
-              help="--precision mixed: top-1 points the quantized model may lose on --eval-data (or budget output "
-                   "fidelity with --min-sqnr-db).")
+              help="Top-1 points the quantized model may lose on --eval-data: int8 fails when it loses more, mixed "
+                   "keeps sensitive layers in float32 until it holds (or budget output fidelity with --min-sqnr-db).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random validation inputs.")
 @click.option("--verify-each", is_flag=True, help="Run onnx.checker and strict shape inference after every pass.")
 @click.option("--dump-dir", type=click.Path(path_type=Path), help="Write the model after every pass that changed it.")

@@ -49,6 +49,11 @@ def print_compile_summary(report: dict, model_path) -> None:
                    f"{search['metric']} {search['chosen']} (float32 {search['fp32']}, all int8 {search['all_int8']}) "
                    f"on {search['evaluation_samples']} samples; budget {search['budget']}: "
                    f"{'met' if search['budget_met'] else 'NOT met'}")
+    accuracy = report.get("accuracy")
+    if accuracy:
+        budget = f"; budget {accuracy['budget']}: met" if "budget" in accuracy else ""
+        click.echo(f"  accuracy   {accuracy['metric']} {accuracy['int8']} at int8 (float32 {accuracy['fp32']}) on "
+                   f"{accuracy['evaluation_samples']} samples{budget}")
     if kernels.get("integer_kernels"):
         click.echo(f"  integer    {kernels['integer_kernels']} quantized convolution(s)/matmul(s) run as "
                    "uint8 x int8 -> int32 kernels (VNNI)")
