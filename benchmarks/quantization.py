@@ -109,7 +109,7 @@ FIDELITY_MODELS = {
 MIXED_MIN_SQNR_DB = 30.0
 
 
-def fidelity_rows(names: list[str]) -> list[str]:
+def fidelity_rows(names: list[str], latency_rows: list | None = None, rounds: int = 5) -> list[str]:
     """SQNR (dB) of every output of mcc int8 (percentile) and fp16 against float32 under onnxruntime,
     and how often the argmax of the last axis agrees (magika's content type, OCR's CTC symbols)."""
     from mcc.passes.quantize import mixed
@@ -155,6 +155,13 @@ def fidelity_rows(names: list[str]) -> list[str]:
         cells.append(f"{chosen.report['int8_layers']} of {chosen.report['int8_layers'] + chosen.report['fp32_layers']}")
         rows.append(f"| {key} | {' | '.join(cells)} | {len(feeds)} samples (the search saw {half} others), "
                     f"int8 calibrated on {len(calibration)} |")
+        if latency_rows is not None:
+            with tempfile.TemporaryDirectory(prefix="mcc-fidelity-") as work_text:
+                feed = {name: feeds[0]}
+                runners = {"tvm fp32": tvm_runner(fp32, feed, Path(work_text))[0],
+                           "tvm int8": tvm_runner(int8, feed, Path(work_text))[0],
+                           "ort fp32": OrtRunner(fp32), "ort mcc int8": OrtRunner(int8)}
+                latency_rows.append((key, time_alternating(runners, feed, repeat=20, rounds=rounds)))
     return rows
 
 
@@ -290,7 +297,7 @@ def main() -> int:
         print(f"| model | int8 SQNR dB | int8 argmax agree % | fp16 SQNR dB | fp16 argmax agree % | "
               f"mixed (SQNR >= {MIXED_MIN_SQNR_DB:g} dB) SQNR dB | mixed argmax agree % | mixed int8 layers | data |")
         print("|---|---|---|---|---|---|---|---|---|")
-        for line in fidelity_rows(fidelity):
+        for line in fidelity_rows(fidelity, latency_rows if args.latency else None, args.rounds):
             print(line, flush=True)
     if latency_rows:
         print(f"\nLatency, batch 1, 2 threads, median of {args.rounds} alternating rounds (ms); TVM = mcc's "
@@ -299,9 +306,11 @@ def main() -> int:
               "ORT quantize_static | ORT quantize_static / fp32 |")
         print("|---|---|---|---|---|---|---|---|")
         for key, ms in latency_rows:
+            static = ms.get("ort quantize_static")
+            static_cells = ("— | —" if static is None
+                            else f"{static:.3f} | {static / ms['ort fp32']:.2f}")
             print(f"| {key} | {ms['tvm fp32']:.3f} | {ms['tvm int8']:.3f} | {ms['tvm int8'] / ms['tvm fp32']:.2f} | "
-                  f"{ms['ort fp32']:.3f} | {ms['ort mcc int8']:.3f} | {ms['ort quantize_static']:.3f} | "
-                  f"{ms['ort quantize_static'] / ms['ort fp32']:.2f} |")
+                  f"{ms['ort fp32']:.3f} | {ms['ort mcc int8']:.3f} | {static_cells} |")
     return 0
 
 

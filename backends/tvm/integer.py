@@ -56,7 +56,9 @@ def target_has_integer_dot(target) -> bool:
 
 def _extra_columns(width: int) -> int:
     """Columns to add so the output width has a divisor the integer schedule can tile by (0 when
-    it has one)."""
+    it has one, and for narrow outputs: a 1-D convolution's width of 1 is tiled along its height)."""
+    if width < 2 * MIN_PIXEL_TILE:
+        return 0
     for extra in range(0, 8):
         if any((width + extra) % tile == 0 for tile in range(MIN_PIXEL_TILE, 25)):
             return extra

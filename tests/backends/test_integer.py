@@ -20,11 +20,13 @@ needs_vnni = pytest.mark.skipif(not target_has_integer_dot(HOST),
 
 
 def qdq_conv(in_channels, out_channels, kernel, *, size=12, stride=1, pad=0, zero_point=-5, dtype=np.int8,
-             seed=0, relu=True, requantize=False):
+             seed=0, relu=True, requantize=False, column=False):
     """x -> QuantizeLinear -> DequantizeLinear -> Conv(DequantizeLinear(per-channel int8 W), bias) [-> Relu]
     [-> Q -> DQ]."""
     rng = np.random.default_rng(seed)
-    weight = rng.normal(scale=0.3, size=(out_channels, in_channels, kernel, kernel))
+    # column: a 1-D convolution written as 2-D, [N, C, L, 1] with a [K, 1] kernel (magika's)
+    kernel_shape = (kernel, 1) if column else (kernel, kernel)
+    weight = rng.normal(scale=0.3, size=(out_channels, in_channels, *kernel_shape))
     w_scale = np.abs(weight).reshape(out_channels, -1).max(axis=1) / 127
     w_q = np.clip(np.round(weight / w_scale[:, None, None, None]), -127, 127).astype(np.int8)
     elem = TensorProto.INT8 if dtype == np.int8 else TensorProto.UINT8
@@ -38,7 +40,8 @@ def qdq_conv(in_channels, out_channels, kernel, *, size=12, stride=1, pad=0, zer
         helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["xq"]),
         helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zp"], ["xd"]),
         helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["wd"], axis=0),
-        helper.make_node("Conv", ["xd", "wd", "b"], ["c"], strides=[stride, stride], pads=[pad] * 4),
+        helper.make_node("Conv", ["xd", "wd", "b"], ["c"], strides=[stride, stride],
+                         pads=[pad, 0, pad, 0] if column else [pad] * 4),
     ]
     last = "c"
     if relu:
@@ -50,7 +53,8 @@ def qdq_conv(in_channels, out_channels, kernel, *, size=12, stride=1, pad=0, zer
         last = "yd"
     nodes.append(helper.make_node("Identity", [last], ["y"]))
     graph = helper.make_graph(
-        nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, in_channels, size, size])],
+        nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                     [1, in_channels, size, 1 if column else size])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
         initializer=[numpy_helper.from_array(a, n) for n, a in inits.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -68,6 +72,8 @@ CASES = {
     "1x1_uint8_requantized": dict(in_channels=16, out_channels=48, kernel=1, zero_point=128, dtype=np.uint8,
                                   requantize=True, relu=False),
     "wide_reduction": dict(in_channels=96, out_channels=16, kernel=3, size=13, pad=1, zero_point=0),
+    # [1, 32, 60, 1] with a 5 x 1 kernel: tiled along the height
+    "one_dimensional_column": dict(in_channels=32, out_channels=32, kernel=5, size=60, column=True),
 }
 
 
