@@ -1,6 +1,7 @@
 """TVM for LLVM CPU targets (the host now; aarch64 cross targets later use the same phases).
 
-Import (Relax ONNX frontend) -> DecomposeOpsForInference, FastMathTransform, the `zero` pipeline
+Import (Relax ONNX frontend) -> target rewrites (quantized ops to integer kernels, convolution
+filters padded to the vector width) -> DecomposeOpsForInference, FastMathTransform, the `zero` pipeline
 (legalize, fuse) -> schedules: tuning records from mcc's database where it has them (`tuning.apply_records`), mcc's
 default CPU schedules for every other kernel (`schedules.apply_default_schedules`) -> `tvm.compile`
 for the target -> `export_library` to a shared object. TVM 0.27's `tvm.compile` on CPU does no
@@ -40,6 +41,17 @@ def legalize(mod):
     return relax.transform.AttachAttrLayoutFreeBuffers()(mod)
 
 
+def rewrite_for_target(mod, target):
+    """Relax rewrites for the target's kernels, before legalization: quantized convolutions and
+    matmuls to integer kernels (integer.py), float convolution filters padded to the vector width
+    (channels.py). Returns (module, {"integer_kernels": n, "padded_convolutions": m})."""
+    from mcc.backends.tvm import channels, integer
+
+    mod, integer_kernels = integer.lower_quantized_kernels(mod, target)
+    mod, padded = channels.pad_output_channels(mod, target)
+    return mod, {"integer_kernels": integer_kernels, "padded_convolutions": padded}
+
+
 def lower(mod, target, *, default_schedules: bool = True, use_tuning_records: bool = True):
     """Legalize, fuse and schedule an imported Relax module; returns (module, details).
 
@@ -47,9 +59,9 @@ def lower(mod, target, *, default_schedules: bool = True, use_tuning_records: bo
     database) and "default_schedules" (kernel -> mcc default CPU schedule rule); the others keep
     TVM's naive loops.
     """
-    from mcc.backends.tvm import integer, schedules, tuning
+    from mcc.backends.tvm import schedules, tuning
 
-    mod, integer_kernels = integer.lower_quantized_kernels(mod, target)
+    mod, rewrites = rewrite_for_target(mod, target)
     mod = legalize(mod)
     tuned: list[str] = []
     if use_tuning_records:
@@ -59,8 +71,7 @@ def lower(mod, target, *, default_schedules: bool = True, use_tuning_records: bo
         mod, applied = schedules.apply_default_schedules(mod, target, skip=frozenset(tuned))
     # weight re-layouts become their own kernels, evaluated on the constants now
     mod = schedules.split_relayouts(mod)
-    return mod, {"tuned_kernels": sorted(tuned), "default_schedules": applied,
-                 "integer_kernels": integer_kernels}
+    return mod, {"tuned_kernels": sorted(tuned), "default_schedules": applied, **rewrites}
 
 
 class TvmLlvmBackend:

@@ -170,3 +170,17 @@ def test_quantized_matmul_runs_as_integer_kernel_and_matches_onnxruntime(case, t
     got = backend.load(artifact.library, model).run(feed)[0]
     want = ort_run(model, feed)[0]
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
+
+
+def test_float_channel_padding_leaves_a_quantized_weight_alone():
+    """A QDQ convolution on a target without VNNI keeps its dequantized weight (a bound variable,
+    not a constant): the float channel padding must pass it by, not fail on it."""
+    import tvm
+
+    from mcc.backends.tvm import channels, common
+
+    model = qdq_conv(8, 120, 3, size=13, pad=1)  # 120 float filters at 13 wide would be padded to 128
+    mod = common.import_onnx(model, {"x": (1, 8, 13, 13)})
+    generic = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64", "num-cores": 2})
+    _, count = channels.pad_output_channels(mod, generic)
+    assert count == 0

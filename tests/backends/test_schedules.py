@@ -156,3 +156,20 @@ def test_non_cpu_targets_are_left_alone():
     mod = relax.get_pipeline("zero")(from_onnx(batched_matmul(), shape_dict={"x": [2, 24, 40]}))
     _, applied = apply_default_schedules(mod, tvm.target.Target({"kind": "cuda", "arch": "sm_80"}))
     assert applied == {}
+
+
+def test_filters_padded_to_the_vector_width_where_the_output_width_misses_it(tmp_path):
+    """100 filters at 13 x 13 (SqueezeNet's classifier shape, smaller): padded to 112 so the
+    channel-vector tile applies, the output sliced back, the result unchanged."""
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
+    model = _model(nodes, [("x", (1, 64, 13, 13))], "y", {"w": _weights(100, 64, 1, 1), "b": _weights(100)})
+    backend = get_backend("tvm-llvm")
+    artifact = backend.compile(model, load_target("host").tvm(), {"x": (1, 64, 13, 13)}, tmp_path / "m.so")
+    assert artifact.details["padded_convolutions"] == 1
+    feed = {"x": np.random.default_rng(1).normal(size=(1, 64, 13, 13)).astype(np.float32)}
+    np.testing.assert_allclose(backend.load(artifact.library, model).run(feed)[0], ort_run(model, feed)[0],
+                               rtol=1e-4, atol=1e-5)
+    # 20 filters would need 12 more (60 %): left alone
+    small = _model(nodes, [("x", (1, 64, 13, 13))], "y", {"w": _weights(20, 64, 1, 1), "b": _weights(20)})
+    artifact = backend.compile(small, load_target("host").tvm(), {"x": (1, 64, 13, 13)}, tmp_path / "s.so")
+    assert artifact.details["padded_convolutions"] == 0
