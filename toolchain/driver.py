@@ -57,6 +57,8 @@ class CompileRequest:
     #: points (or `min_sqnr_db` as a fidelity budget)
     eval_data: str | None = None
     max_accuracy_drop: float | None = None
+    #: the precision of the layers the mixed search takes out of int8 ("fp32" or "fp16")
+    fallback_precision: str = "fp32"
     #: progress of long steps (calibration): (label, done, total)
     progress: object = None
     #: the accuracy budget: outputs must keep this SQNR against the reference (instead of the
@@ -261,6 +263,8 @@ def _check_request(request: CompileRequest):
                              "--max-accuracy-drop)")
         if request.max_accuracy_drop is None and request.min_sqnr_db is None:
             raise UsageError("--precision mixed needs a budget: --max-accuracy-drop POINTS or --min-sqnr-db DB")
+    elif request.fallback_precision != "fp32":
+        raise UsageError("--fallback-precision applies to --precision mixed")
     elif request.precision != "int8" and (request.eval_data or request.max_accuracy_drop is not None):
         raise UsageError("--eval-data and --max-accuracy-drop apply to --precision int8 or mixed")
     elif request.max_accuracy_drop is not None and not request.eval_data:
@@ -408,7 +412,7 @@ def _optimize(request: CompileRequest, target, backend, passes, timer: Timer, wi
             budget = mixed.Budget(max_accuracy_drop=request.max_accuracy_drop, min_sqnr_db=request.min_sqnr_db)
             data = mixed.load_eval_data(request.eval_data, optimized)
             quantize = QuantizeInt8(calib_data=str(request.calib_data), method=request.calib_method)
-            result = mixed.search(optimized, quantize, data, budget, ctx)
+            result = mixed.search(optimized, quantize, data, budget, ctx, fallback=request.fallback_precision)
             optimized, precision_search = result.model, result.report
     if not request.verify_each:
         # one check of the final model (cheap next to the compile): a pass that broke the model is

@@ -64,6 +64,9 @@ class ConvertFloat16(Pass):
     changes_precision: ClassVar[bool] = True
     dtype: str = "float16"
     keep_fp32: str = DEFAULT_KEEP_FP32
+    #: only these nodes (comma-separated names) go half; empty: every node that may (a mixed-precision
+    #: search's fallback layers use it)
+    nodes: str = ""
 
     def __post_init__(self) -> None:
         if self.dtype not in HALF_TYPES:
@@ -99,8 +102,12 @@ class ConvertFloat16(Pass):
         # tensors If/Loop bodies read from the outer graph keep float32: the bodies expect it
         implicit = set().union(*(ir.subgraph_reads(node) for node in model.graph.node))
 
+        selected = {name.strip() for name in self.nodes.split(",") if name.strip()}
+
         def convertible(node: onnx.NodeProto) -> bool:
             if node.domain not in ir.DEFAULT_DOMAINS or node.op_type not in HALF_SAFE_OPS or node.op_type in keep:
+                return False
+            if selected and node.name not in selected:
                 return False
             if implicit.intersection(node.output):
                 return False

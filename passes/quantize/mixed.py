@@ -10,6 +10,8 @@
 3. If the all-int8 model misses the budget, the most sensitive layers fall back to float32 one at
    a time, re-measured after each, until the budget holds. Falling back every layer is the
    float32 model, which meets any budget >= 0; a layer whose fallback is never needed stays int8.
+4. With `--fallback-precision fp16` (targets whose fp16 is fast), the fallback layers then run in
+   float16 if the budget still holds so; otherwise they stay float32 and the report says so.
 
 The report (`precision_search`) lists each layer's precision and sensitivity (the metric with
 only that layer in int8), the metric of float32, of all-int8 and of the chosen model, and whether
@@ -178,9 +180,12 @@ def _name_targets(model: onnx.ModelProto, quantize: QuantizeInt8) -> onnx.ModelP
 
 
 def search(model: onnx.ModelProto, quantize: QuantizeInt8, data: EvalData, budget: Budget,
-           ctx: PassContext) -> SearchResult:
+           ctx: PassContext, fallback: str = "fp32") -> SearchResult:
     """The mixed-precision model meeting `budget` with the most layers in int8 (greedy by
-    sensitivity), and its report."""
+    sensitivity), and its report. `fallback`: the precision of the layers taken out of int8,
+    fp32, or fp16 where it still meets the budget (for targets whose fp16 is fast)."""
+    if fallback not in ("fp32", "fp16"):
+        raise UsageError(f"the fallback precision must be fp32 or fp16, not '{fallback}'")
     model = _name_targets(model, quantize)
     evaluator = Evaluator(model, data, budget)
     ranges, samples = quantize.calibrate(model, ctx)
@@ -208,17 +213,28 @@ def search(model: onnx.ModelProto, quantize: QuantizeInt8, data: EvalData, budge
 
     # most sensitive first: the lowest top-1, or the lowest fidelity, with only that layer in int8
     order = sorted(names, key=lambda n: sensitivity[n])
-    fallback: list[str] = []
+    fallback_layers: list[str] = []
     current, value = None, all_int8
-    while not budget.holds(value, evaluator.reference) and len(fallback) < len(names):
-        fallback.append(order[len(fallback)])
-        current = quantized(fallback)
+    while not budget.holds(value, evaluator.reference) and len(fallback_layers) < len(names):
+        fallback_layers.append(order[len(fallback_layers)])
+        current = quantized(fallback_layers)
         value = evaluator.measure(current)
     if current is None:
-        current = quantized(fallback) if fallback else quantized([])
-    met = budget.holds(value, evaluator.reference)
-    if len(fallback) == len(names):
+        current = quantized(fallback_layers)
+    if len(fallback_layers) == len(names):
         current = model  # nothing left in int8: the float32 model itself
+    fallback_precision = "fp32"
+    if fallback_layers and fallback == "fp16":
+        from mcc.passes.quantize.fp16 import ConvertFloat16
+
+        halved = ConvertFloat16(nodes=",".join(fallback_layers)).run(current, ctx).model
+        halved_value = evaluator.measure(halved)
+        if budget.holds(halved_value, evaluator.reference):
+            current, value, fallback_precision = halved, halved_value, "fp16"
+        else:
+            ctx.note(f"precision search: the fallback layers in fp16 miss the budget ({_rounded(halved_value)}); "
+                     "they stay fp32")
+    met = budget.holds(value, evaluator.reference)
     top5 = {}
     if data.labels is not None:
         all_int8_model = quantized([])
@@ -234,15 +250,18 @@ def search(model: onnx.ModelProto, quantize: QuantizeInt8, data: EvalData, budge
         "all_int8": _rounded(all_int8),
         "chosen": _rounded(value),
         "budget_met": bool(met),
-        "int8_layers": len(names) - len(fallback),
-        "fp32_layers": len(fallback),
+        "int8_layers": len(names) - len(fallback_layers),
+        "fallback_precision": fallback_precision,
+        "fp32_layers": len(fallback_layers) if fallback_precision == "fp32" else 0,
+        "fp16_layers": len(fallback_layers) if fallback_precision == "fp16" else 0,
         "evaluations": evaluator.evaluations,
         "layers": [{"node": node.name, "op": node.op_type,
-                    "precision": "fp32" if node.name in fallback else "int8",
+                    "precision": fallback_precision if node.name in fallback_layers else "int8",
                     "sensitivity": _rounded(sensitivity[node.name])} for node in layers],
         **top5,
     }
-    ctx.note(f"precision search: {report['int8_layers']} of {len(names)} layer(s) int8, {len(fallback)} fp32; "
+    ctx.note(f"precision search: {report['int8_layers']} of {len(names)} layer(s) int8, {len(fallback_layers)} "
+             f"{fallback_precision}; "
              f"{report['metric']} {report['chosen']} (fp32 {report['fp32']}, all-int8 {report['all_int8']}); "
              f"budget {report['budget']} {'met' if met else 'NOT met'}")
     return SearchResult(current, report)

@@ -76,6 +76,24 @@ def test_fidelity_budget_keeps_the_sensitive_layer_in_float(data_files):
     assert abs(mixed.sqnr_db(want, got) - report["chosen"]) < 1e-3
 
 
+def test_fp16_fallback_where_it_still_meets_the_budget(data_files):
+    model = sensitive_model()
+    data = mixed.load_eval_data(data_files / "eval_nolabels.npz", model)
+    result = mixed.search(model, QuantizeInt8(calib_data=str(data_files / "calib.npz")), data,
+                          mixed.Budget(min_sqnr_db=25.0), PassContext(), fallback="fp16")
+    report = result.report
+    assert report["fallback_precision"] == "fp16" and report["fp16_layers"] == 1 and report["fp32_layers"] == 0
+    assert [layer["precision"] for layer in report["layers"]] == ["int8", "fp16"]
+    second = next(node for node in result.model.graph.node if node.name == "second")
+    weight = next(t for t in result.model.graph.initializer if t.name == second.input[1])
+    assert weight.data_type == TensorProto.FLOAT16 and report["budget_met"]
+    # a budget only float32 meets (fp16 rounds): every layer falls back, and stays float32
+    strict = mixed.search(model, QuantizeInt8(calib_data=str(data_files / "calib.npz")), data,
+                          mixed.Budget(min_sqnr_db=200.0), PassContext(), fallback="fp16")
+    assert strict.report["fallback_precision"] == "fp32" and strict.report["fp32_layers"] == 2
+    assert strict.model is model or strict.report["chosen"] is None  # the float32 model: infinite SQNR
+
+
 def test_top1_budget_with_labels(data_files):
     model = sensitive_model()
     data = mixed.load_eval_data(data_files / "eval.npz", model)

@@ -48,6 +48,9 @@ def cli() -> None:
 @click.option("--max-accuracy-drop", type=float, default=None, metavar="POINTS",
               help="Top-1 points the quantized model may lose on --eval-data: int8 fails when it loses more, mixed "
                    "keeps sensitive layers in float32 until it holds (or budget output fidelity with --min-sqnr-db).")
+@click.option("--fallback-precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16"]),
+              help="--precision mixed: the precision of the layers kept out of int8 (fp16 where the budget still "
+                   "holds; for targets whose fp16 is fast).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random validation inputs.")
 @click.option("--verify-each", is_flag=True, help="Run onnx.checker and strict shape inference after every pass.")
 @click.option("--dump-dir", type=click.Path(path_type=Path), help="Write the model after every pass that changed it.")
@@ -60,7 +63,7 @@ def cli() -> None:
 @rpc_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of the summary.")
 def compile_command(model, target, output_dir, passes, input_shapes, const_inputs, inputs_path, precision, calib_data,
-                    calib_method, eval_data, max_accuracy_drop, seed,
+                    calib_method, eval_data, max_accuracy_drop, fallback_precision, seed,
                     verify_each, dump_dir, min_sqnr_db, explain, budget_s, rpc, rpc_key, as_json):
     """Optimize MODEL, compile it for TARGET, and validate the artifact against onnxruntime."""
     from mcc.toolchain.cli.summary import print_compile_summary
@@ -70,7 +73,7 @@ def compile_command(model, target, output_dir, passes, input_shapes, const_input
     request = CompileRequest(
         model_path=model, target=target, output_dir=output_dir, passes=passes,
         input_shapes=dict(input_shapes), const_inputs=dict(const_inputs), inputs_path=inputs_path, precision=precision, calib_data=calib_data, calib_method=calib_method,
-        eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, seed=seed,
+        eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, fallback_precision=fallback_precision, seed=seed,
         verify_each=verify_each, dump_dir=dump_dir, explain=tuple(explain), min_sqnr_db=min_sqnr_db,
         budget_s=budget_s, rpc=rpc, rpc_key=rpc_key,
     )

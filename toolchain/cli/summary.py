@@ -45,7 +45,9 @@ def print_compile_summary(report: dict, model_path) -> None:
                    f"{len(kernels.get('default_schedules', {}))} with default schedules")
     search = report.get("precision_search")
     if search:
-        click.echo(f"  precision  {search['int8_layers']} layer(s) int8, {search['fp32_layers']} float32; "
+        fallback = search['fp32_layers'] + search.get('fp16_layers', 0)
+        click.echo(f"  precision  {search['int8_layers']} layer(s) int8, {fallback} "
+                   f"{search.get('fallback_precision', 'fp32')}; "
                    f"{search['metric']} {search['chosen']} (float32 {search['fp32']}, all int8 {search['all_int8']}) "
                    f"on {search['evaluation_samples']} samples; budget {search['budget']}: "
                    f"{'met' if search['budget_met'] else 'NOT met'}")
