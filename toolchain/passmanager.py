@@ -51,6 +51,9 @@ class Pass:
     #: the pass trades precision on purpose (float16, quantization): equivalence is judged with
     #: that precision's tolerance, not float32's
     changes_precision: ClassVar[bool] = False
+    #: the precision a model computes at after this pass modified it ("fp16", "int8"): validation
+    #: then uses that precision's tolerances (None: unchanged)
+    precision: ClassVar[str | None] = None
 
     def run(self, model: onnx.ModelProto, ctx: "PassContext") -> PassResult:
         raise NotImplementedError

@@ -52,6 +52,11 @@ _LOOSENESS = ["fp32", "fp16", "int8", "mixed"]
 SIGNAL_FLOOR = 100.0
 
 
+def loosest(*precisions: str) -> str:
+    """The precision with the loosest tolerances among `precisions`."""
+    return max(precisions, key=_LOOSENESS.index)
+
+
 def tolerance_for(precision: str, dtype: np.dtype) -> tuple[str, Tolerance]:
     """The tolerance set for a compile precision and an output dtype (the looser of the two)."""
     if dtype.name.startswith(("float8", "float4")):
@@ -60,7 +65,7 @@ def tolerance_for(precision: str, dtype: np.dtype) -> tuple[str, Tolerance]:
         by_dtype = "fp16"
     else:
         by_dtype = "fp32"
-    chosen = max(precision, by_dtype, key=_LOOSENESS.index)
+    chosen = loosest(precision, by_dtype)
     return chosen, TOLERANCES[chosen]
 
 

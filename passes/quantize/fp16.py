@@ -28,6 +28,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from mcc.toolchain import ir
+from mcc.toolchain.errors import UsageError
 from mcc.toolchain.passmanager import Pass, PassContext, PassResult
 
 HALF_SAFE_OPS = frozenset({
@@ -62,6 +63,7 @@ class ConvertFloat16(Pass):
 
     name: ClassVar[str] = "convert-float16"
     changes_precision: ClassVar[bool] = True
+    precision: ClassVar[str | None] = "fp16"
     dtype: str = "float16"
     keep_fp32: str = DEFAULT_KEEP_FP32
     #: only these nodes (comma-separated names) go half; empty: every node that may (a mixed-precision
@@ -103,6 +105,9 @@ class ConvertFloat16(Pass):
         implicit = set().union(*(ir.subgraph_reads(node) for node in model.graph.node))
 
         selected = {name.strip() for name in self.nodes.split(",") if name.strip()}
+        missing = selected - {node.name for node in model.graph.node}
+        if missing:
+            raise UsageError(f"convert-float16: no node named {', '.join(sorted(missing))}")
 
         def convertible(node: onnx.NodeProto) -> bool:
             if node.domain not in ir.DEFAULT_DOMAINS or node.op_type not in HALF_SAFE_OPS or node.op_type in keep:

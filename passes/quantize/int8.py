@@ -145,6 +145,7 @@ class QuantizeInt8(Pass):
 
     name: ClassVar[str] = "quantize-int8"
     changes_precision: ClassVar[bool] = True
+    precision: ClassVar[str | None] = "int8"
     requires_static_shapes: ClassVar[bool] = True
     min_opset: ClassVar[int | None] = 13  # per-axis DequantizeLinear
     calib_data: str = ""
@@ -176,6 +177,9 @@ class QuantizeInt8(Pass):
         weight, except those named in `exclude` (unless `all_nodes`)."""
         initializers = {t.name: t for t in model.graph.initializer}
         excluded = set() if all_nodes else {name.strip() for name in self.exclude.split(",") if name.strip()}
+        missing = excluded - {node.name for node in model.graph.node}
+        if missing:
+            raise UsageError(f"quantize-int8: exclude names no node: {', '.join(sorted(missing))}")
         return {
             index: node for index, node in enumerate(model.graph.node)
             if node.op_type in QUANTIZED_OPS and node.domain in ir.DEFAULT_DOMAINS and len(node.input) > 1

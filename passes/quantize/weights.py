@@ -79,6 +79,7 @@ class QuantizeWeights(Pass):
 
     name: ClassVar[str] = "quantize-weights"
     changes_precision: ClassVar[bool] = True
+    precision: ClassVar[str | None] = "int8"
     min_opset: ClassVar[int | None] = 13  # per-axis DequantizeLinear
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
@@ -133,6 +134,7 @@ class QuantizeWeightsInt4(Pass):
 
     name: ClassVar[str] = "quantize-weights-int4"
     changes_precision: ClassVar[bool] = True
+    precision: ClassVar[str | None] = "int8"
     min_opset: ClassVar[int | None] = 21  # int4 and blocked DequantizeLinear
     #: elements of the reduction axis (K) sharing a scale
     block_size: int = 32
@@ -188,6 +190,7 @@ class QuantizeDynamic(Pass):
 
     name: ClassVar[str] = "quantize-dynamic"
     changes_precision: ClassVar[bool] = True
+    precision: ClassVar[str | None] = "int8"
     min_opset: ClassVar[int | None] = 11  # DynamicQuantizeLinear
 
     def run(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:

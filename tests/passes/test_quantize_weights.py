@@ -110,3 +110,22 @@ def test_blockwise_int4_weights(trans_b, tmp_path):
     backend = get_backend("tvm-llvm")
     artifact = backend.compile(quantized, load_target("host").tvm(), {"x": (4, 24)}, tmp_path / "m.so")
     np.testing.assert_allclose(backend.load(artifact.library, quantized).run(FEED)[0], got, rtol=1e-5, atol=1e-4)
+
+
+def test_through_passes_validation_uses_int8_tolerances(run_mcc, tmp_path):
+    """quantize-dynamic in --passes: the artifact is judged at int8's tolerances, not float32's."""
+    import json
+
+    onnx.save(dense_model(), tmp_path / "m.onnx")
+    result = run_mcc("compile", tmp_path / "m.onnx", "--passes", "quantize-dynamic", "-o", tmp_path / "out", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["validation"]["passed"] and report["validation"]["precision"] == "int8"
+
+
+def test_unknown_node_names_are_usage_errors():
+    from mcc.passes.quantize.fp16 import ConvertFloat16
+    from mcc.toolchain.errors import UsageError
+
+    with pytest.raises(UsageError, match="no node named secnd"):
+        run_pass(ConvertFloat16(nodes="second,secnd"), dense_model())
