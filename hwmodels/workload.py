@@ -211,6 +211,11 @@ def qdq_precisions(model: onnx.ModelProto, works: list[NodeWork]) -> dict[str, s
         dtype = ir.tensor_dtype(elem) if elem else None
         return dtype is not None and dtype.itemsize == 1 and dtype.kind in "iu"
 
+    def grouped(work: NodeWork) -> bool:
+        node = model.graph.node[work.index]
+        return any(a.name == "group" and a.i > 1 for a in node.attribute)
+
+    # grouped and depthwise convolutions stay float in mcc's integer lowering (backends/tvm/integer.py)
     return {work.name: "int8" for work in works
-            if work.op_class in MAC_CLASSES and len(work.input_names) >= 2
+            if work.op_class in MAC_CLASSES and len(work.input_names) >= 2 and not grouped(work)
             and all(int8_dequantized(name) for name in work.input_names[:2])}

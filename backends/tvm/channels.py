@@ -31,19 +31,18 @@ def pad_output_channels(mod, target):
     """(module, number of convolutions padded); unchanged for non-CPU targets."""
     if target.kind.name != "llvm":
         return mod, 0
-    from tvm import relax
+    from mcc.backends.tvm.common import rewrite_functions
 
     rewriter = _make_rewriter(_lanes(target))(mod)
-    for gvar, func in list(mod.functions_items()):
-        if isinstance(func, relax.Function):
-            mod[gvar] = relax.analysis.remove_all_unused(rewriter.visit_expr(func))
-    return mod, rewriter.count
+    return rewrite_functions(mod, rewriter), rewriter.count
 
 
 def _make_rewriter(lanes: int):
     import tvm
     from tvm import relax
     from tvm.ir.expr import GenericConst
+
+    from mcc.backends.tvm.common import bound_value
 
     conv2d_op = tvm.ir.Op.get("relax.nn.conv2d")
 
@@ -65,10 +64,7 @@ def _make_rewriter(lanes: int):
             if (str(call.ty.dtype) != "float32" or int(attrs.groups) != 1 or str(attrs.data_layout) != "NCHW"
                     or str(attrs.kernel_layout) != "OIHW" or str(attrs.out_layout) != "NCHW"):
                 return None
-            weight = call.args[1]
-            if isinstance(weight, relax.Var):
-                bound = self.lookup_binding(weight)
-                weight = weight if bound is None else bound
+            weight = bound_value(self, call.args[1])
             if not isinstance(weight, GenericConst):
                 return None
             values = weight.value.numpy()

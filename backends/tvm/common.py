@@ -89,10 +89,33 @@ def fold_subbyte_dequantize(model: onnx.ModelProto) -> onnx.ModelProto:
     del graph.node[:]
     graph.node.extend(keep)
     read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    read |= set().union(*(ir.subgraph_reads(node) for node in graph.node))  # If/Loop bodies
     kept = [t for t in graph.initializer if t.name in read or t.name in {v.name for v in graph.input}]
     del graph.initializer[:]
     graph.initializer.extend(kept)
     return folded
+
+
+def rewrite_functions(mod, rewriter):
+    """Every Relax function of `mod` through `rewriter` (a relax.PyExprMutator), unused bindings
+    dropped; returns the module."""
+    from tvm import relax
+
+    for gvar, func in list(mod.functions_items()):
+        if isinstance(func, relax.Function):
+            mod[gvar] = relax.analysis.remove_all_unused(rewriter.visit_expr(func))
+    return mod
+
+
+def bound_value(mutator, expr):
+    """The expression a dataflow variable is bound to (`expr` itself when it is none)."""
+    from tvm import relax
+
+    if isinstance(expr, relax.Var):
+        bound = mutator.lookup_binding(expr)
+        if bound is not None:
+            return bound
+    return expr
 
 
 def import_onnx(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]):

@@ -77,19 +77,17 @@ def lower_quantized_kernels(mod, target):
     unchanged when the target has no integer dot product or nothing matches."""
     if not target_has_integer_dot(target):
         return mod, 0
-    from tvm import relax
+    from mcc.backends.tvm.common import rewrite_functions
 
     rewriter = _make_rewriter()(mod)
-    for gvar, func in list(mod.functions_items()):
-        if isinstance(func, relax.Function):
-            rewritten = rewriter.visit_expr(func)
-            mod[gvar] = relax.analysis.remove_all_unused(rewritten)
-    return mod, rewriter.count
+    return rewrite_functions(mod, rewriter), rewriter.count
 
 
 def _make_rewriter():
     import tvm
     from tvm import relax
+
+    from mcc.backends.tvm.common import bound_value
 
     conv2d_op = tvm.ir.Op.get("relax.nn.conv2d")
     matmul_op = tvm.ir.Op.get("relax.matmul")
@@ -103,11 +101,7 @@ def _make_rewriter():
             self.count = 0
 
         def _producer(self, expr):
-            if isinstance(expr, relax.Var):
-                bound = self.lookup_binding(expr)
-                if bound is not None:
-                    return bound
-            return expr
+            return bound_value(self, expr)
 
         def visit_call_(self, call):
             call = self.visit_expr_post_order(call)
@@ -203,8 +197,8 @@ def _make_rewriter():
             xq, sx, zx, x_dtype = activation
             wq, sw, zw = (_constant(arg) for arg in weight.args)
             if (any(value is None for value in (wq, sw, zw)) or wq.dtype != np.int8 or wq.ndim != 4
-                    or np.any(zw != 0) or int(weight.attrs.axis) != 0):
-                return None
+                    or np.any(zw != 0) or (int(weight.attrs.axis) != 0 and sw.size != 1)):
+                return None  # per-channel scales must run along the output channels
             out_channels, in_channels = wq.shape[:2]
             sw = np.broadcast_to(sw.astype(np.float64).reshape(-1), (out_channels,))
             zu = zx + (128 if x_dtype == "int8" else 0)

@@ -139,7 +139,8 @@ def _from_images(folder: Path, inputs: dict, samples: int) -> list[dict[str, np.
 
 
 def load_calibration(source: str, model: onnx.ModelProto, samples: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """Calibration feeds for `model` from `source` (an .npz, an image folder, or `random`)."""
+    """Calibration feeds for `model` from `source` (an .npz, an image folder, a Python plugin, or
+    `random`)."""
     inputs = _input_specs(model)
     if source == "random":
         rng = np.random.default_rng(seed)

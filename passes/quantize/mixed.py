@@ -74,7 +74,8 @@ def load_eval_data(path: str | Path, model: onnx.ModelProto) -> EvalData:
         raise UsageError(f"--eval-data {path}: expected an existing .npz (one array per input, first axis = "
                          f"samples, and '{LABELS_KEY}' for top-1)")
     try:
-        arrays = dict(np.load(path))
+        with np.load(path) as npz:
+            arrays = dict(npz)
     except Exception as exc:  # a corrupt or non-npz file
         raise UsageError(f"--eval-data {path}: not a readable .npz ({exc})") from None
     inputs = ir.graph_inputs(model)

@@ -20,27 +20,31 @@ needs_vnni = pytest.mark.skipif(not target_has_integer_dot(HOST),
 
 
 def qdq_conv(in_channels, out_channels, kernel, *, size=12, stride=1, pad=0, zero_point=-5, dtype=np.int8,
-             seed=0, relu=True, requantize=False, column=False):
+             seed=0, relu=True, requantize=False, column=False, group=1, per_tensor_weights=False):
     """x -> QuantizeLinear -> DequantizeLinear -> Conv(DequantizeLinear(per-channel int8 W), bias) [-> Relu]
     [-> Q -> DQ]."""
     rng = np.random.default_rng(seed)
     # column: a 1-D convolution written as 2-D, [N, C, L, 1] with a [K, 1] kernel (magika's)
     kernel_shape = (kernel, 1) if column else (kernel, kernel)
-    weight = rng.normal(scale=0.3, size=(out_channels, in_channels, *kernel_shape))
+    weight = rng.normal(scale=0.3, size=(out_channels, in_channels // group, *kernel_shape))
     w_scale = np.abs(weight).reshape(out_channels, -1).max(axis=1) / 127
-    w_q = np.clip(np.round(weight / w_scale[:, None, None, None]), -127, 127).astype(np.int8)
+    if per_tensor_weights:  # one scale, ONNX's default axis
+        w_scale = np.array(np.abs(weight).max() / 127)
+    w_q = np.clip(np.round(weight / np.reshape(w_scale, (-1, 1, 1, 1))), -127, 127).astype(np.int8)
     elem = TensorProto.INT8 if dtype == np.int8 else TensorProto.UINT8
     inits = {
         "x_scale": np.array(0.02, np.float32), "x_zp": np.array(zero_point, dtype),
-        "w_q": w_q, "w_scale": w_scale.astype(np.float32), "w_zp": np.zeros(out_channels, np.int8),
+        "w_q": w_q, "w_scale": w_scale.astype(np.float32),
+        "w_zp": np.zeros(w_scale.shape, np.int8),
         "b": rng.normal(size=out_channels).astype(np.float32),
         "y_scale": np.array(0.05, np.float32), "y_zp": np.array(0, np.uint8),
     }
     nodes = [
         helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["xq"]),
         helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zp"], ["xd"]),
-        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["wd"], axis=0),
-        helper.make_node("Conv", ["xd", "wd", "b"], ["c"], strides=[stride, stride],
+        helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["wd"],
+                         **({} if per_tensor_weights else {"axis": 0})),
+        helper.make_node("Conv", ["xd", "wd", "b"], ["c"], strides=[stride, stride], group=group,
                          pads=[pad, 0, pad, 0] if column else [pad] * 4),
     ]
     last = "c"
@@ -74,6 +78,8 @@ CASES = {
     "wide_reduction": dict(in_channels=96, out_channels=16, kernel=3, size=13, pad=1, zero_point=0),
     # [1, 32, 60, 1] with a 5 x 1 kernel: tiled along the height
     "one_dimensional_column": dict(in_channels=32, out_channels=32, kernel=5, size=60, column=True),
+    # one weight scale (DequantizeLinear's default axis 1, a scalar scale)
+    "per_tensor_weight_scale": dict(in_channels=8, out_channels=16, kernel=3, pad=1, per_tensor_weights=True),
 }
 
 
@@ -114,6 +120,10 @@ def test_targets_without_vnni_keep_the_float_lowering():
 @needs_vnni
 def test_grouped_and_float_convolutions_are_not_rewritten():
     from mcc.backends.tvm import common
+
+    grouped = qdq_conv(8, 32, 3, pad=1, group=2)
+    _, count = lower_quantized_kernels(common.import_onnx(grouped, {"x": (1, 8, 12, 12)}), HOST)
+    assert count == 0
 
     float_model = qdq_conv(8, 32, 3, pad=1)
     # the weight's DequantizeLinear bypassed: a float weight, nothing to lower

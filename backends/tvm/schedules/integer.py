@@ -95,7 +95,8 @@ def _tile(out_channels: int, width: int) -> tuple[int, int]:
 
 
 def integer_dot(sch, cpu: base.CpuInfo) -> bool:
-    """A uint8 x int8 -> int32 NCHW convolution tensorized with VNNI; False when the pattern does not hold."""
+    """A uint8 x int8 -> int32 NCHW convolution or matmul tensorized with VNNI; False when the pattern
+    does not hold."""
     if not cpu.integer_dot:
         return False
     found = base._mac_anchor(sch)
@@ -256,10 +257,8 @@ def _integer_matmul(sch, cpu: base.CpuInfo, anchor, producers, consumers, data_i
 
     *row_loops, n, k = sch.get_loops(anchor)
     rows = row_extents[-1] if row_extents else 1
-    vectors = max(v for v in range(1, MAX_ACCUMULATORS + 1) if (columns // LANES) % v == 0 and v <= MAX_ACCUMULATORS)
+    vectors = max(v for v in range(1, MAX_ACCUMULATORS + 1) if (columns // LANES) % v == 0)
     tile_rows = base._largest_divisor_at_most(rows, max(MAX_ACCUMULATORS // vectors, 1)) if row_loops else 1
-    if tile_rows * vectors < 8 and vectors > 1:
-        vectors = max(v for v in range(1, vectors + 1) if (columns // LANES) % v == 0 and v * tile_rows <= 24)
     n_outer, n_vectors, n_lanes = sch.split(n, factors=[None, vectors, LANES])
     k_outer, k_group = sch.split(k, factors=[None, GROUP])
     outer = list(row_loops[:-1])
@@ -278,7 +277,7 @@ def _integer_matmul(sch, cpu: base.CpuInfo, anchor, producers, consumers, data_i
             tiled_epilogue.append(block_rv)
         except Exception:
             pass
-    if cpu.cores > 1 and (_extent_product(sch, fused) or 1) > 1:
+    if cpu.cores > 1 and (base._int_extent(sch, fused) or 1) > 1:
         sch.parallel(fused)
     init = sch.decompose_reduction(anchor, k_outer)
     for loop in inner:
@@ -289,6 +288,3 @@ def _integer_matmul(sch, cpu: base.CpuInfo, anchor, producers, consumers, data_i
     sch.vectorize(sch.get_loops(writeback)[-1])
     return True
 
-
-def _extent_product(sch, loop) -> int | None:
-    return base._int_extent(sch, loop)
