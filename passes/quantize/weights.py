@@ -58,6 +58,35 @@ def _matrix_nodes(model: onnx.ModelProto) -> list[tuple[int, onnx.NodeProto]]:
     return found
 
 
+def _dequantized_weights(model: onnx.ModelProto, targets: dict[int, onnx.NodeProto], quantize) -> tuple[
+        onnx.ModelProto, int]:
+    """`model` with each target's weight replaced by DequantizeLinear of its quantized form.
+
+    `quantize(node, weight) -> (values TensorProto maker, scale, DequantizeLinear attributes,
+    suffix)`: `values(name)` builds the stored tensor. Returns (model, weights replaced)."""
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    taken = ir.names_in_use(result.graph)
+    initializers = {t.name: t for t in model.graph.initializer}
+    dequantized: dict[str, str] = {}
+    new_initializers: list[onnx.TensorProto] = []
+    nodes: list[onnx.NodeProto] = []
+    for index, node in enumerate(result.graph.node):
+        if index in targets:
+            weight_name = node.input[1]
+            if weight_name not in dequantized:
+                values, scale, attrs, suffix = quantize(node, numpy_helper.to_array(initializers[weight_name]))
+                q_name, s_name, out = (ir.unique_name(f"{weight_name}.{part}", taken) for part in (suffix, "scale", "dq"))
+                new_initializers += [values(q_name), numpy_helper.from_array(scale.astype(np.float32), s_name)]
+                nodes.append(helper.make_node("DequantizeLinear", [q_name, s_name], [out], **attrs,
+                                              name=ir.unique_name(f"{weight_name}/DequantizeLinear", taken)))
+                dequantized[weight_name] = out
+            node.input[1] = dequantized[weight_name]
+        nodes.append(node)
+    _finish(model, result, nodes, new_initializers)
+    return result, len(dequantized)
+
+
 def _finish(model: onnx.ModelProto, result: onnx.ModelProto, nodes: list[onnx.NodeProto],
             new_initializers: list[onnx.TensorProto]) -> None:
     """Put `nodes` into `result`, keep only the initializers still read, add the new ones."""
@@ -86,30 +115,14 @@ class QuantizeWeights(Pass):
         targets = dict(_matrix_nodes(model))
         if not targets:
             return PassResult(model, False)
-        result = onnx.ModelProto()
-        result.CopyFrom(model)
-        taken = ir.names_in_use(result.graph)
-        initializers = {t.name: t for t in model.graph.initializer}
-        dequantized: dict[str, str] = {}
-        new_initializers: list[onnx.TensorProto] = []
-        nodes: list[onnx.NodeProto] = []
-        for index, node in enumerate(result.graph.node):
-            if index in targets:
-                weight_name = node.input[1]
-                if weight_name not in dequantized:
-                    axis = weight_axis(node)
-                    values, scale = quantize_weight(numpy_helper.to_array(initializers[weight_name]), axis)
-                    q_name, s_name, out = (ir.unique_name(f"{weight_name}.{suffix}", taken)
-                                           for suffix in ("int8", "scale", "dq"))
-                    new_initializers += [numpy_helper.from_array(values, q_name),
-                                         numpy_helper.from_array(scale.astype(np.float32), s_name)]
-                    nodes.append(helper.make_node("DequantizeLinear", [q_name, s_name], [out], axis=axis,
-                                                  name=ir.unique_name(f"{weight_name}/DequantizeLinear", taken)))
-                    dequantized[weight_name] = out
-                node.input[1] = dequantized[weight_name]
-            nodes.append(node)
-        _finish(model, result, nodes, new_initializers)
-        ctx.note(f"quantize-weights: {len(dequantized)} MatMul/Gemm weight(s) stored as int8")
+
+        def quantize(node, weight):
+            axis = weight_axis(node)
+            values, scale = quantize_weight(weight, axis)
+            return (lambda name: numpy_helper.from_array(values, name)), scale, {"axis": axis}, "int8"
+
+        result, count = _dequantized_weights(model, targets, quantize)
+        ctx.note(f"quantize-weights: {count} MatMul/Gemm weight(s) stored as int8")
         return PassResult(result, True)
 
 
@@ -152,34 +165,19 @@ class QuantizeWeightsInt4(Pass):
             ctx.note(f"quantize-weights-int4: skipped, the model's opset {ir.opset_version(model)} has no int4 "
                      f"(run it in a pipeline: the pass manager upgrades to {self.min_opset})")
             return PassResult(model, False)
-        result = onnx.ModelProto()
-        result.CopyFrom(model)
-        taken = ir.names_in_use(result.graph)
-        initializers = {t.name: t for t in model.graph.initializer}
-        dequantized: dict[str, str] = {}
-        new_initializers: list[onnx.TensorProto] = []
-        nodes: list[onnx.NodeProto] = []
-        for index, node in enumerate(result.graph.node):
-            if index in targets:
-                weight_name = node.input[1]
-                if weight_name not in dequantized:
-                    # the reduction axis: K of MatMul's [K, N], of Gemm's [K, N] or (transB) [N, K]
-                    axis = 1 if node.op_type == "Gemm" and _attr(node, "transB", 0) else 0
-                    weight = numpy_helper.to_array(initializers[weight_name])
-                    values, scale = quantize_blockwise_int4(weight, axis, self.block_size)
-                    q_name, s_name, out = (ir.unique_name(f"{weight_name}.{suffix}", taken)
-                                           for suffix in ("int4", "scale", "dq"))
-                    new_initializers += [
-                        helper.make_tensor(q_name, TensorProto.INT4, list(values.shape), values.reshape(-1).tolist()),
-                        numpy_helper.from_array(scale.astype(np.float32), s_name)]
-                    nodes.append(helper.make_node("DequantizeLinear", [q_name, s_name], [out], axis=axis,
-                                                  block_size=self.block_size,
-                                                  name=ir.unique_name(f"{weight_name}/DequantizeLinear", taken)))
-                    dequantized[weight_name] = out
-                node.input[1] = dequantized[weight_name]
-            nodes.append(node)
-        _finish(model, result, nodes, new_initializers)
-        ctx.note(f"quantize-weights-int4: {len(dequantized)} MatMul/Gemm weight(s) stored as int4, blocks of "
+
+        def quantize(node, weight):
+            # the reduction axis: K of MatMul's [K, N], of Gemm's [K, N] or (transB) [N, K]
+            axis = 1 if node.op_type == "Gemm" and _attr(node, "transB", 0) else 0
+            values, scale = quantize_blockwise_int4(weight, axis, self.block_size)
+
+            def tensor(name):
+                return helper.make_tensor(name, TensorProto.INT4, list(values.shape), values.reshape(-1).tolist())
+
+            return tensor, scale, {"axis": axis, "block_size": self.block_size}, "int4"
+
+        result, count = _dequantized_weights(model, targets, quantize)
+        ctx.note(f"quantize-weights-int4: {count} MatMul/Gemm weight(s) stored as int4, blocks of "
                  f"{self.block_size}")
         return PassResult(result, True)
 

@@ -486,27 +486,7 @@ def tile_reduction(sch, cpu: CpuInfo) -> bool:
     anchor, producers, consumers = found
     root = sch.get_sblock("root")
 
-    # Producers: inline pure index remapping; a padding stage (if_then_else) stays a parallel pass.
-    kept_producers = []
-    for block_rv in producers:
-        if _has_if_then_else(sch.get(block_rv)):
-            kept_producers.append(block_rv)
-            continue
-        try:
-            sch.compute_inline(block_rv)
-        except Exception:
-            kept_producers.append(block_rv)
-
-    # Epilogue: every stage but the last inlined forward into its readers (an expression DAG such
-    # as GELU reads one intermediate several times), the last one later inlined into the store of
-    # the accumulators.
-    for block_rv in consumers[:-1]:
-        try:
-            sch.compute_inline(block_rv)
-        except Exception:
-            pass
-    blocks = list(sch.get_child_blocks(root))
-    consumers = blocks[_position(sch, blocks, anchor) + 1:]
+    kept_producers, consumers = inline_stages(sch, anchor, producers, consumers)
 
     padded = _pad_vector_axis(sch, anchor, cpu)
     if padded:
@@ -592,6 +572,45 @@ def tile_reduction(sch, cpu: CpuInfo) -> bool:
     for block_rv in kept_producers + unfused:
         schedule_injective(sch, block_rv, cpu)
     return True
+
+
+def inline_stages(sch, anchor, producers, consumers) -> tuple[list, list]:
+    """(producers kept, epilogue stages left) around a multiply-accumulate block.
+
+    Producers: pure index remappings are inlined; a padding stage (if_then_else) stays a parallel
+    pass. Epilogue: every stage but the last is inlined forward into its readers (an expression
+    DAG such as GELU reads one intermediate several times); the last is later inlined into the
+    store of the accumulators (`inline_epilogue`).
+    """
+    kept = []
+    for block_rv in producers:
+        if _has_if_then_else(sch.get(block_rv)):
+            kept.append(block_rv)
+            continue
+        try:
+            sch.compute_inline(block_rv)
+        except Exception:
+            kept.append(block_rv)
+    for block_rv in consumers[:-1]:
+        try:
+            sch.compute_inline(block_rv)
+        except Exception:
+            pass
+    blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
+    return kept, blocks[_position(sch, blocks, anchor) + 1:]
+
+
+def compute_epilogue_per_tile(sch, blocks, loop) -> list:
+    """The stages of `blocks` moved under `loop` (each computes the tile just stored, with its own
+    bounds); returns those that moved."""
+    moved = []
+    for block_rv in blocks:
+        try:
+            sch.reverse_compute_at(block_rv, loop, preserve_unit_loops=True)
+            moved.append(block_rv)
+        except Exception:
+            pass
+    return moved
 
 
 def inline_epilogue(sch, consumers, accumulator_shape) -> list:

@@ -133,23 +133,7 @@ def integer_dot(sch, cpu: base.CpuInfo) -> bool:
     _register_intrinsic()
     from tvm.tirx import IndexMap
 
-    root = sch.get_sblock("root")
-    kept = []
-    for block_rv in producers:
-        if base._has_if_then_else(sch.get(block_rv)):
-            kept.append(block_rv)
-            continue
-        try:
-            sch.compute_inline(block_rv)
-        except Exception:
-            kept.append(block_rv)
-    for block_rv in consumers[:-1]:
-        try:
-            sch.compute_inline(block_rv)
-        except Exception:
-            pass
-    blocks = list(sch.get_child_blocks(root))
-    consumers = blocks[base._position(sch, blocks, anchor) + 1:]
+    kept, consumers = base.inline_stages(sch, anchor, producers, consumers)
 
     # input channels in groups of 4 innermost: the padding stage writes them so, or a copy does
     data = sch.get(anchor).reads[data_index].source
@@ -189,15 +173,8 @@ def integer_dot(sch, cpu: base.CpuInfo) -> bool:
         fused = sch.fuse(n, o_outer, y, x_outer)
         pixel_loop = x_pixels
     sch.reverse_compute_at(writeback, fused, preserve_unit_loops=True)
-    tiled_epilogue = []
-    for block_rv in unfused:
-        # a slicing epilogue (padded channels or columns cut off) runs per tile too, on the tile
-        # just stored, with its own bounds
-        try:
-            sch.reverse_compute_at(block_rv, fused, preserve_unit_loops=True)
-            tiled_epilogue.append(block_rv)
-        except Exception:
-            pass
+    # a slicing epilogue (padded channels or columns cut off) runs per tile too
+    tiled_epilogue = base.compute_epilogue_per_tile(sch, unfused, fused)
     if cpu.cores > 1:
         sch.parallel(fused)
     init = sch.decompose_reduction(anchor, c_outer)
@@ -238,14 +215,7 @@ def _integer_matmul(sch, cpu: base.CpuInfo, anchor, producers, consumers, data_i
     if any(not base._has_if_then_else(sch.get(b)) for b in producers):
         return False  # the data must be a buffer the intrinsic loads from, not an inlined expression
     _register_intrinsic()
-    root = sch.get_sblock("root")
-    for block_rv in consumers[:-1]:
-        try:
-            sch.compute_inline(block_rv)
-        except Exception:
-            pass
-    blocks = list(sch.get_child_blocks(root))
-    consumers = blocks[base._position(sch, blocks, anchor) + 1:]
+    _, consumers = base.inline_stages(sch, anchor, [], consumers)
     output = sch.get(anchor).writes[0].source
 
     packer = sch.cache_read(anchor, weight_index, "global")
@@ -270,13 +240,7 @@ def _integer_matmul(sch, cpu: base.CpuInfo, anchor, producers, consumers, data_i
     sch.reorder(*outer, n_outer, k_outer, *inner, n_vectors, n_lanes, k_group)
     fused = sch.fuse(*outer, n_outer) if outer else n_outer
     sch.reverse_compute_at(writeback, fused, preserve_unit_loops=True)
-    tiled_epilogue = []
-    for block_rv in unfused:
-        try:
-            sch.reverse_compute_at(block_rv, fused, preserve_unit_loops=True)
-            tiled_epilogue.append(block_rv)
-        except Exception:
-            pass
+    base.compute_epilogue_per_tile(sch, unfused, fused)
     if cpu.cores > 1 and (base._int_extent(sch, fused) or 1) > 1:
         sch.parallel(fused)
     init = sch.decompose_reduction(anchor, k_outer)
