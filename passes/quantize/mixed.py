@@ -124,6 +124,7 @@ class Evaluator:
                              "(or use --min-sqnr-db for output fidelity)")
         self.data, self.budget = data, budget
         self.evaluations = 0
+        self._top5: dict[int, tuple[onnx.ModelProto, float]] = {}  # id -> (model, top-5) of measured models
         self.reference_outputs = self._outputs(reference_model)
         self.reference = self.measure(reference_model, outputs=self.reference_outputs)
 
@@ -138,13 +139,19 @@ class Evaluator:
 
     def measure(self, model: onnx.ModelProto, outputs: np.ndarray | None = None) -> float:
         outputs = self._outputs(model) if outputs is None else outputs
+        if self.data.labels is not None:  # kept for the report, no second run (the model keeps its id)
+            self._top5[id(model)] = (model, self._top_k(model, outputs, 5))
         if self.budget.metric == "top1":
             return self._top_k(model, outputs, 1)
         return sqnr_db(self.reference_outputs, outputs)
 
     def top5(self, model: onnx.ModelProto) -> float | None:
-        """Top-5 % with labels (None without)."""
-        return None if self.data.labels is None else self._top_k(model, self._outputs(model), 5)
+        """Top-5 % with labels (None without); from the measurement when the model was measured."""
+        if self.data.labels is None:
+            return None
+        if id(model) not in self._top5:
+            self.measure(model)
+        return self._top5[id(model)][1]
 
     def _top_k(self, model: onnx.ModelProto, outputs: np.ndarray, k: int) -> float:
         scores = outputs[:, :self._first_output_size(model)]
@@ -205,7 +212,8 @@ def search(model: onnx.ModelProto, quantize: QuantizeInt8, data: EvalData, budge
         done += 1
         ctx.report_progress("precision search", done, total)
 
-    all_int8 = evaluator.measure(quantized([]))
+    all_int8_model = quantized([])
+    all_int8 = evaluator.measure(all_int8_model)
     step()
     sensitivity: dict[str, float] = {}
     for name in names:
@@ -220,8 +228,8 @@ def search(model: onnx.ModelProto, quantize: QuantizeInt8, data: EvalData, budge
         fallback_layers.append(order[len(fallback_layers)])
         current = quantized(fallback_layers)
         value = evaluator.measure(current)
-    if current is None:
-        current = quantized(fallback_layers)
+    if current is None:  # all-int8 meets the budget
+        current = all_int8_model
     if len(fallback_layers) == len(names):
         current = model  # nothing left in int8: the float32 model itself
     fallback_precision = "fp32"
@@ -238,7 +246,6 @@ def search(model: onnx.ModelProto, quantize: QuantizeInt8, data: EvalData, budge
     met = budget.holds(value, evaluator.reference)
     top5 = {}
     if data.labels is not None:
-        all_int8_model = quantized([])
         top5 = {"top5": {"fp32": _rounded(evaluator.top5(model)), "all_int8": _rounded(evaluator.top5(all_int8_model)),
                          "chosen": _rounded(evaluator.top5(current))}}
     report = {

@@ -103,6 +103,9 @@ def test_top1_budget_with_labels(data_files):
     assert report["fp32"] == 100.0  # the labels are the float32 model's own predictions
     assert report["all_int8"] < 99.0 and report["chosen"] >= 99.0 and report["budget_met"], report
     assert [layer["precision"] for layer in report["layers"]] == ["int8", "fp32"]
+    assert report["top5"]["fp32"] == 100.0 and report["top5"]["chosen"] >= report["chosen"]
+    # float32, all-int8, one per layer, one fallback step: top-5 reuses those runs
+    assert report["evaluations"] == 1 + 1 + 2 + 1
 
 
 def test_a_budget_int8_meets_keeps_every_layer_int8(data_files):
