@@ -535,6 +535,23 @@ def tensor_dtype(elem_type: int) -> np.dtype:
     return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
 
 
+def replace_body(graph: onnx.GraphProto, nodes: list[onnx.NodeProto],
+                 new_initializers: list[onnx.TensorProto] = ()) -> None:
+    """`graph`'s nodes become `nodes`; initializers nothing reads any more (nodes, If/Loop
+    bodies, graph inputs and outputs) are dropped, `new_initializers` added, and the stale
+    value_info cleared."""
+    nodes = list(nodes)
+    read = {name for node in nodes for name in node.input}
+    read |= set().union(*(subgraph_reads(node) for node in nodes))
+    read |= {value.name for value in graph.input} | {value.name for value in graph.output}
+    kept = [tensor for tensor in graph.initializer if tensor.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + list(new_initializers))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]
+
+
 def subgraph_reads(node: onnx.NodeProto) -> set[str]:
     """Outer-scope tensors read by a node's subgraphs (If/Loop/Scan bodies), recursively."""
     names: set[str] = set()

@@ -66,7 +66,7 @@ def fold_subbyte_dequantize(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
     folded = onnx.ModelProto()
     folded.CopyFrom(model)
-    graph = folded.graph
+    values = []
     for node in nodes:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         x = numpy_helper.to_array(initializers[node.input[0]]).astype(np.float64)
@@ -82,17 +82,9 @@ def fold_subbyte_dequantize(model: onnx.ModelProto) -> onnx.ModelProto:
         elif scale.ndim == 1 and x.ndim > 1:
             shape = [-1 if i == axis else 1 for i in range(x.ndim)]
             scale, zero = scale.reshape(shape), zero.reshape(shape)
-        value = ((x - zero) * scale).astype(out_dtype)
-        graph.initializer.append(numpy_helper.from_array(value, node.output[0]))
-    names = {id(node) for node in nodes}
-    keep = [node for node in model.graph.node if id(node) not in names]
-    del graph.node[:]
-    graph.node.extend(keep)
-    read = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-    read |= set().union(*(ir.subgraph_reads(node) for node in graph.node))  # If/Loop bodies
-    kept = [t for t in graph.initializer if t.name in read or t.name in {v.name for v in graph.input}]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+        values.append(numpy_helper.from_array(((x - zero) * scale).astype(out_dtype), node.output[0]))
+    folded_ids = {id(node) for node in nodes}
+    ir.replace_body(folded.graph, [node for node in model.graph.node if id(node) not in folded_ids], values)
     return folded
 
 

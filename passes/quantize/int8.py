@@ -273,12 +273,5 @@ class QuantizeInt8(Pass):
             for output in node.output:
                 ordered += inserted.get(output, [])
         # weights read only by quantized nodes are now stored as int8 only
-        still_read = {name for node in ordered for name in node.input}
-        still_read |= set().union(*(ir.subgraph_reads(node) for node in ordered))  # If/Loop bodies too
-        kept = [t for t in graph.initializer if t.name in still_read or t.name in graph_inputs]
-        del graph.initializer[:]
-        graph.initializer.extend(kept + new_initializers)
-        del graph.node[:]
-        graph.node.extend(ordered)
-        del graph.value_info[:]
+        ir.replace_body(graph, ordered, new_initializers)
         return PassResult(result, True)

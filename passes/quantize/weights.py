@@ -83,23 +83,8 @@ def _dequantized_weights(model: onnx.ModelProto, targets: dict[int, onnx.NodePro
                 dequantized[weight_name] = out
             node.input[1] = dequantized[weight_name]
         nodes.append(node)
-    _finish(model, result, nodes, new_initializers)
+    ir.replace_body(result.graph, nodes, new_initializers)
     return result, len(dequantized)
-
-
-def _finish(model: onnx.ModelProto, result: onnx.ModelProto, nodes: list[onnx.NodeProto],
-            new_initializers: list[onnx.TensorProto]) -> None:
-    """Put `nodes` into `result`, keep only the initializers still read, add the new ones."""
-    graph = result.graph
-    still_read = {name for node in nodes for name in node.input}
-    still_read |= set().union(*(ir.subgraph_reads(node) for node in nodes))
-    graph_inputs = {v.name for v in graph.input}
-    kept = [t for t in graph.initializer if t.name in still_read or t.name in graph_inputs]
-    del graph.initializer[:]
-    graph.initializer.extend(kept + new_initializers)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    del graph.value_info[:]
 
 
 @dataclass(frozen=True)
@@ -249,6 +234,6 @@ class QuantizeDynamic(Pass):
                 new_initializers.append(numpy_helper.from_array(bias.astype(np.float32), bias_name))
                 nodes.append(helper.make_node("Add", [product, bias_name], [output],
                                               name=ir.unique_name(f"{prefix}/Bias", taken)))
-        _finish(model, result, nodes, new_initializers)
+        ir.replace_body(result.graph, nodes, new_initializers)
         ctx.note(f"quantize-dynamic: {len(targets)} MatMul/Gemm node(s) with int8 weights and per-call uint8 activations")
         return PassResult(result, True)

@@ -31,7 +31,6 @@ def qdq_conv(in_channels, out_channels, kernel, *, size=12, stride=1, pad=0, zer
     if per_tensor_weights:  # one scale, ONNX's default axis
         w_scale = np.array(np.abs(weight).max() / 127)
     w_q = np.clip(np.round(weight / np.reshape(w_scale, (-1, 1, 1, 1))), -127, 127).astype(np.int8)
-    elem = TensorProto.INT8 if dtype == np.int8 else TensorProto.UINT8
     inits = {
         "x_scale": np.array(0.02, np.float32), "x_zp": np.array(zero_point, dtype),
         "w_q": w_q, "w_scale": w_scale.astype(np.float32),
@@ -83,18 +82,23 @@ CASES = {
 }
 
 
-@needs_vnni
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_quantized_convolution_runs_as_integer_kernel_and_matches_onnxruntime(case, tmp_path):
-    model = qdq_conv(**CASES[case])
-    shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
+def _one_integer_kernel_against_onnxruntime(model, shape, tmp_path):
+    """(artifact output, onnxruntime output) of `model` compiled for the host, after checking that
+    its one quantized op became an integer kernel scheduled by `integer-dot`."""
     backend = get_backend("tvm-llvm")
     artifact = backend.compile(model, HOST, {"x": shape}, tmp_path / "m.so")
     assert artifact.details["integer_kernels"] == 1
     assert "integer-dot" in artifact.details["default_schedules"].values(), artifact.details["default_schedules"]
     feed = {"x": np.random.default_rng(1).normal(scale=1.5, size=shape).astype(np.float32)}
-    got = backend.load(artifact.library, model).run(feed)[0]
-    want = ort_run(model, feed)[0]
+    return backend.load(artifact.library, model).run(feed)[0], ort_run(model, feed)[0]
+
+
+@needs_vnni
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_quantized_convolution_runs_as_integer_kernel_and_matches_onnxruntime(case, tmp_path):
+    model = qdq_conv(**CASES[case])
+    shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
+    got, want = _one_integer_kernel_against_onnxruntime(model, shape, tmp_path)
     scale = float(np.abs(want).max())
     if CASES[case].get("requantize"):
         # both sides round to the same output grid; a value on a rounding boundary may land one
@@ -172,13 +176,7 @@ MATMUL_CASES = {
 @pytest.mark.parametrize("case", sorted(MATMUL_CASES))
 def test_quantized_matmul_runs_as_integer_kernel_and_matches_onnxruntime(case, tmp_path):
     model, shape = qdq_matmul(**MATMUL_CASES[case])
-    backend = get_backend("tvm-llvm")
-    artifact = backend.compile(model, HOST, {"x": shape}, tmp_path / "m.so")
-    assert artifact.details["integer_kernels"] == 1
-    assert "integer-dot" in artifact.details["default_schedules"].values(), artifact.details["default_schedules"]
-    feed = {"x": np.random.default_rng(1).normal(scale=1.5, size=shape).astype(np.float32)}
-    got = backend.load(artifact.library, model).run(feed)[0]
-    want = ort_run(model, feed)[0]
+    got, want = _one_integer_kernel_against_onnxruntime(model, shape, tmp_path)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
 
 
