@@ -26,7 +26,11 @@ cell from t = S-1 down to 0 and writes each h' back at its own t.
 What is emitted, per direction: the input projection of all steps as one MatMul
 `XW = X @ W' + (Wb + Rb)` ([S, B, G*H]; for GRU with linear_before_reset=1, Rbh stays in the
 recurrent term); per step `Gather(XW, t) + Gemm(h, R', ...)`, a Split into the G gates and the
-elementwise ops above; at the end Y, Y_h and Y_c as one Concat + Reshape each. Constant W, R, B,
+elementwise ops above (an LSTM without peepholes or input_forget activates i, o and f as one
+slice, then splits them); at the end Y, Y_h and Y_c as one Concat + Reshape each. A single step
+of one direction (a streaming model that carries its state between calls) stays in the node's
+3-D layout instead: `Concat([X, h]) @ [W; R]' + b`, and the new h and c are Y_h and Y_c as they
+are (12 nodes for an LSTM, against 19). Constant W, R, B,
 P, initial_h and initial_c are sliced, summed and pre-transposed here, with numpy; inputs that are
 not constant get the same Gather/Transpose/Split/Add ops at run time. A state that is known to be
 zero (no initial_h/initial_c, the first step) drops the terms it would multiply, and so do
@@ -371,7 +375,7 @@ class UnrollRecurrent(Rule):
 
     def emitted_ops(self, m: Match, rec: Recurrence) -> set[str]:
         """The ops the unrolled form may use."""
-        ops = {"MatMul", "Gemm", "Add", "Mul", "Gather", "Split", "Concat", "Reshape"}
+        ops = {"MatMul", "Gemm", "Add", "Mul", "Gather", "Split", "Concat", "Reshape", "Identity"}
         ops |= {name for per_direction in rec.activations for name in per_direction}
         if rec.clip is not None:
             ops.add("Clip")
@@ -382,6 +386,8 @@ class UnrollRecurrent(Rule):
     def rewrite(self, m: Match, b: Builder) -> None:
         rec = read_recurrence(m, self.op, self.gates, self.default_activations, self.max_steps)
         e = Emitter(b, b.opset, rec.dtype, rec.clip)
+        if rec.steps == 1 and len(rec.directions) == 1 and self.single_step(m, rec):
+            return self.rewrite_single_step(e, m, rec)
         x = m["x"]
         state_axis = 0 if rec.layout == 0 else 1
         states: list[list] = []  # per direction: its step outputs h, indexed by t
@@ -404,6 +410,37 @@ class UnrollRecurrent(Rule):
         _assemble(e, rec, states, True, y)
         _assemble(e, rec, [h for h, _ in finals], False, y_h)
         _assemble(e, rec, [c for _, c in finals], False, y_c)
+
+    def single_step(self, m: Match, rec: Recurrence) -> bool:
+        """Whether one step's gates are a single `[x, h] @ [W; R]' + b` (a subclass that says so has `update`)."""
+        return False
+
+    def rewrite_single_step(self, e: Emitter, m: Match, rec: Recurrence) -> None:
+        """One step of one direction, kept in the node's 3-D state layout: no Gather, Gemm or output Reshape.
+
+        X is [1, B, I] ([B, 1, I] with layout 1) and so are initial_h and initial_c with H for I,
+        so the step's gates are `Concat([X, h]) @ [W; R]' + b` without re-laying out anything, and the
+        new h and c already have the shape of Y_h and Y_c. A streaming model that carries its state
+        between calls (one step per call, as silero VAD) gets 12 nodes per LSTM instead of 19.
+        """
+        w, r = _param(m, "w"), _param(m, "r")
+        h, c = (_param(m, name) for name in ("h0", "c0"))
+        h, c = (None if e.is_zero(state) else state for state in (h, c))
+        w_t, r_t, w_bias, r_bias = self.input_weights(e, m, rec, 0, self.gates)
+        bias = e.named(e.add(w_bias, r_bias), "bias")
+        if h is None:
+            gates = e.op("MatMul", [m["x"], e.tensor(w_t, "W_t")])
+        else:
+            gates = e.op("MatMul", [e.concat([m["x"], h], 2), e.tensor(e.concat([w_t, r_t], 0), "WR_t")])
+        gates = e.add(gates, bias)
+        h, c = self.update(e, rec, rec.activations[0], gates, c, {}, axis=2)
+        y, y_h, y_c = _outputs(m)
+        for state, output in ((h, y_h), (c, y_c)):
+            if output is not None:
+                e.op("Identity", [state], outputs=[output])
+        if y is not None:
+            shape = [1, 1, -1, rec.hidden] if rec.layout == 0 else [-1, 1, 1, rec.hidden]
+            e.reshape(h, shape, y)
 
     def prepare(self, e: Emitter, m: Match, rec: Recurrence, d: int, suffix: str) -> dict:
         """Direction d's weights: `W_t` ([I, G*H]), `bias` (added to X @ W_t) and what `cell` reads."""
@@ -445,12 +482,24 @@ class UnrollLSTM(UnrollRecurrent):
                 "R_t": e.tensor(r_t, f"R_t{suffix}"),
                 "peepholes": [e.named(p, f"P_{gate}{suffix}") for p, gate in zip(peepholes, "iof")]}
 
+    def single_step(self, m, rec):
+        return Emitter.is_zero(_param(m, "p"))
+
     def cell(self, e, rec, activations, step_input, h, c, weights):
+        return self.update(e, rec, activations, e.affine(h, weights["R_t"], step_input), c, weights)
+
+    def update(self, e, rec, activations, gates, c, weights, axis=1):
+        """The new h and c from a step's gate pre-activations (4H along `axis`, gates iofc) and the previous c."""
         f, g, h_act = activations
         hidden = rec.hidden
-        peep_i, peep_o, peep_f = weights["peepholes"]
-        gates = e.affine(h, weights["R_t"], step_input)
-        gate_i, gate_o, gate_f, gate_c = e.split(gates, [hidden] * 4, 1)
+        peep_i, peep_o, peep_f = weights.get("peepholes", (None, None, None))
+        if all(p is None for p in (peep_i, peep_o, peep_f)) and not rec.input_forget:
+            # i, o and f all go through f: one activation over the three, then split them
+            sigmoid_part, gate_c = e.split(gates, [3 * hidden, hidden], axis)
+            input_gate, output_gate, forget_gate = e.split(e.activate(f, sigmoid_part), [hidden] * 3, axis)
+            cell = e.add(e.mul(forget_gate, c), e.mul(input_gate, e.activate(g, gate_c)))
+            return e.mul(output_gate, e.activate(h_act, cell, clip=False)), cell
+        gate_i, gate_o, gate_f, gate_c = e.split(gates, [hidden] * 4, axis)
         input_gate = e.activate(f, e.add(gate_i, e.mul(peep_i, c)))
         if rec.input_forget:
             forget_gate = e.one_minus(input_gate)
@@ -518,9 +567,15 @@ class UnrollRNN(UnrollRecurrent):
         return {"W_t": e.tensor(w_t, f"W_t{suffix}"), "bias": e.named(e.add(w_bias, r_bias), f"bias{suffix}"),
                 "R_t": e.tensor(r_t, f"R_t{suffix}")}
 
+    def single_step(self, m, rec):
+        return True
+
     def cell(self, e, rec, activations, step_input, h, c, weights):
+        return self.update(e, rec, activations, e.affine(h, weights["R_t"], step_input), c, weights)
+
+    def update(self, e, rec, activations, gates, c, weights, axis=1):
         (f,) = activations
-        return e.activate(f, e.affine(h, weights["R_t"], step_input)), None
+        return e.activate(f, gates), None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -533,7 +588,7 @@ class SubstituteRecurrent(RewritePass):
 
     name: ClassVar[str] = "substitute-recurrent"
     rules: ClassVar[tuple] = (UnrollLSTM, UnrollGRU, UnrollRNN)
-    #: the longest sequence unrolled (each step adds about 15 nodes per direction)
+    #: the longest sequence unrolled (each step adds about 12 nodes per direction)
     max_steps: int = 256
 
     def active_rules(self, ctx: PassContext) -> list[Rule]:

@@ -17,7 +17,7 @@ OUTPUTS = {"LSTM": ("Y", "Y_h", "Y_c"), "GRU": ("Y", "Y_h"), "RNN": ("Y", "Y_h")
 RECURRENT_INPUTS = ("X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P")
 #: what the unrolled form may contain (and nothing recurrent)
 EMITTED = {"MatMul", "Gemm", "Add", "Mul", "Sub", "Gather", "Split", "Concat", "Reshape", "Transpose", "Clip",
-           "Sigmoid", "Tanh", "Relu"}
+           "Sigmoid", "Tanh", "Relu", "Identity"}
 DTYPES = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE}
 
 
@@ -172,6 +172,17 @@ CASES = [
     *_common("initial-state-inputs", initial="input"),
     *_common("initial-state-constants", initial="constant", direction="bidirectional"),
     *_common("seq1-batch1-hidden3", steps=1, batch=1, hidden=3),
+    # one step (a streaming model carrying its state): the single-step form, in the node's layout
+    *_common("seq1-state-inputs", steps=1, initial="input"),
+    *_common("seq1-state-constants-clip", steps=1, initial="constant", clip=0.3),
+    *_common("seq1-layout1", steps=1, layout=1, initial="input"),
+    *_common("seq1-runtime-weights", steps=1, runtime_weights=True, initial="input"),
+    *_common("seq1-only-Y", steps=1, outputs=("Y",), initial="input"),
+    *_common("seq1-bidirectional", steps=1, direction="bidirectional", initial="input"),
+    _lstm_case("seq1-peepholes", steps=1, peepholes=True, initial="input"),
+    _lstm_case("seq1-input-forget-layout1", steps=1, input_forget=1, layout=1, initial="input"),
+    _lstm_case("seq1-activations", steps=1, activations=["Relu", "Sigmoid", "Tanh"], initial="input"),
+    _lstm_case("seq1-Y_c-opset9", steps=1, outputs=("Y_c",), initial="input", opset=9),
     *_common("seq5-hidden8", steps=5, hidden=8, initial="input"),
     *_common("seq2-batch1", steps=2, batch=1, direction="reverse", initial="input"),
     *_common("sequence-lens-full", sequence_lens="full", initial="input"),
@@ -303,6 +314,16 @@ def test_golden():
     result = run_pass(SubstituteRecurrent(), model)
     assert_golden("substitute_recurrent_lstm", _strip_weights(result.model))
     assert_matches_reference(model, result.model)
+
+
+def test_golden_single_step():
+    """One step keeps the states' 3-D layout: Concat, one MatMul, one activation per gate kind, no Gather/Reshape."""
+    model = recurrent_model("LSTM", steps=1, batch=1, input_size=2, hidden=2, initial="input")
+    result = run_pass(SubstituteRecurrent(), model)
+    assert_golden("substitute_recurrent_lstm_single_step", _strip_weights(result.model))
+    assert_matches_reference(model, result.model)
+    ops = op_types(result.model)
+    assert "Gather" not in ops and "Gemm" not in ops and ops.count("MatMul") == 1 and ops.count("Sigmoid") == 1
 
 
 ALL_BUT_RECURRENT = frozenset(EMITTED)
