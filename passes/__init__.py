@@ -5,6 +5,7 @@ from mcc.passes.fusion.activations import RecognizeActivations
 from mcc.passes.fusion.affine import FoldConvAffine
 from mcc.passes.fusion.conv_bn import FuseConvBatchNorm
 from mcc.passes.fusion.gemm import FuseGemm
+from mcc.passes.fusion.magnitude import RecognizeMagnitude
 from mcc.passes.fusion.pad import FoldPad
 from mcc.passes.quantize.fp16 import ConvertFloat16
 from mcc.passes.quantize.weights import QuantizeDynamic, QuantizeWeights, QuantizeWeightsInt4
@@ -34,6 +35,7 @@ BUILTIN_PASSES = (
     SimplifyChains,
     RemoveNoops,
     RecognizeActivations,
+    RecognizeMagnitude,
     SubstituteRecurrent,
     EliminateDeadNodes,
     UpgradeOpset,

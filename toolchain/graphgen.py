@@ -456,6 +456,36 @@ def layer_norm(g: GraphBuilder, x: Tensor) -> Tensor:
     return g.node("Add", [scaled.name, g.constant(g.normal(param_shape, 0.1), "beta")], out_shape)
 
 
+def magnitude(g: GraphBuilder, x: Tensor) -> Tensor:
+    """sqrt(re^2 + im^2) of the two halves of an even axis (an STFT's magnitude), sometimes another
+    axis trimmed by one element in both slices, squares as Pow(., 2) or Mul(s, s), halves in either order."""
+    axis = g.choices.choice([a for a, d in enumerate(x.shape) if d % 2 == 0])
+    half = x.shape[axis] // 2
+    halves = [(0, half), (half, 2 * half)]
+    shape = list(x.shape)
+    shape[axis] = half
+    axes, trim = [axis], []
+    others = [a for a, d in enumerate(x.shape) if a != axis and d >= 2]
+    if others and g.choices.flag(0.3):  # as silero's: both drop the first frame
+        other = g.choices.choice(others)
+        axes.append(other)
+        trim = [(1, 2**63 - 1)]
+        shape[other] -= 1
+    if g.choices.flag(0.3):
+        halves = halves[::-1]
+    starts = [[lo] + [t[0] for t in trim] for lo, _ in halves]
+    ends = [[hi] + [t[1] for t in trim] for _, hi in halves]
+    squares = []
+    for start, end in zip(starts, ends):
+        part = g.node("Slice", [x.name, g.constant(np.array(start, np.int64), "starts"),
+                                g.constant(np.array(end, np.int64), "ends"), g.constant(np.array(axes, np.int64), "axes")],
+                      shape)
+        squares.append(g.node("Pow", [part.name, g.scalar(2.0)], shape) if g.choices.flag(0.5)
+                       else g.node("Mul", [part.name, part.name], shape))
+    total = g.node("Add", [squares[0].name, squares[1].name], shape)
+    return g.node("Sqrt", [total.name], shape)
+
+
 def transpose_chain(g: GraphBuilder, x: Tensor) -> Tensor:
     """Two or three Transposes, the second often the inverse of the first."""
     y = x
@@ -697,6 +727,7 @@ MOTIFS: tuple[Motif, ...] = (
     Motif("hardswish", hardswish, lambda g, x: _float(x)),
     Motif("gelu", gelu, lambda g, x: _float(x) and g.opset >= 20),
     Motif("layer_norm", layer_norm, lambda g, x: _float(x) and x.rank >= 1),
+    Motif("magnitude", magnitude, lambda g, x: _float(x) and any(d % 2 == 0 for d in x.shape)),
     Motif("transpose_chain", transpose_chain, lambda g, x: _float(x) and x.rank >= 2),
     Motif("reshape_chain", reshape_chain, lambda g, x: _float(x)),
     Motif("to_image", to_image, lambda g, x: _float(x) and x.rank != 4 and int(np.prod(x.shape)) <= 1024),

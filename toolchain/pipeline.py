@@ -38,7 +38,7 @@ NAMED_PIPELINES: dict[str, str] = {
         "inline-initializer-inputs,fixed-point(fold-constants,fold-constant-if),substitute-recurrent,"
         "eliminate-identity,cse,"
         "decompose-unsupported,"
-        "fixed-point(fuse-conv-bn,fold-conv-affine,fuse-gemm,fold-pad,simplify-chains,remove-noops,recognize-activations,"
+        "fixed-point(fuse-conv-bn,fold-conv-affine,fuse-gemm,fold-pad,simplify-chains,remove-noops,recognize-activations,recognize-magnitude,"
         "eliminate-identity,cse),eliminate-dead-nodes"
     ),
     "none": "",

@@ -40,6 +40,7 @@ FAVOURED: dict[str, tuple[str, ...]] = {
     "fold-pad": ("pad_conv", "pad_average_pool"),
     "simplify-chains": ("transpose_chain", "reshape_chain", "cast_chain"),
     "recognize-activations": ("hardsigmoid", "hardswish", "gelu", "layer_norm"),
+    "recognize-magnitude": ("magnitude",),
     "eliminate-dead-nodes": ("dead_branch",),
     "remove-noops": ("noop",),
     "convert-float16": ("conv_bn", "matmul_add", "branch_join"),
