@@ -6,17 +6,20 @@ For every model in ../shared/models, in one run, with the same concrete input sh
   the host target's supported ops, as `mcc compile` runs it), after `onnxsim.simplify`, after
   `onnxslim.slim`, and after onnxruntime's ORT_ENABLE_BASIC offline optimization (the saved
   optimized model);
-- **TVM latency** (untuned, `--target host`, the library loaded back from disk, median of runs
-  within `--budget-s`) of each of those graphs, compiled by mcc's backend (Relax ONNX frontend,
-  `zero` pipeline, `tvm.compile`); `none` is the original graph with no mcc pass at all, and only
-  mcc's graph gets mcc's opset upgrade; a graph TVM cannot import shows the error;
+- **TVM latency** (untuned: mcc's default schedules, `--target host`, the library loaded back
+  from disk) of each of those graphs, compiled by mcc's backend (Relax ONNX frontend, `zero`
+  pipeline, `tvm.compile`); `none` is the original graph with no mcc pass at all, and only mcc's
+  graph gets mcc's opset upgrade; a graph TVM cannot import shows the error. The graphs of one
+  model are timed in alternating rounds (`--rounds`, each the median of `--repeat` runs; the
+  median round is shown): this VM's speed level shifts between stretches of time, and taking
+  turns exposes every graph to the same shifts;
 - **valid**: mcc's output against onnxruntime on the original model (fp32 tolerances).
 
 Goals (issue 4): mcc's node count <= the best of the three tools on every model; TVM latency with
 mcc's passes < without; every shared model, silero's LSTM model included, compiles and validates.
 Needs the benchmark extra: `pip install -e '.[bench]'` (onnxsim, onnxslim).
 
-    python benchmarks/graph_passes.py [--models substr,...] [--budget-s 5] [--no-latency]
+    python benchmarks/graph_passes.py [--models substr,...] [--rounds 5] [--repeat 20] [--no-latency]
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 
 from compile_host import DEFAULT_SHARED, discover_models, select_models  # noqa: E402
-from cost_model import measure  # noqa: E402
+from host_latency import time_alternating  # noqa: E402
 from mcc.backends import get_backend  # noqa: E402
 from mcc.backends.onnxruntime import ReferenceRunner  # noqa: E402
 from mcc.hwmodels import load_target  # noqa: E402
@@ -83,9 +86,26 @@ def error_class(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:40]}" if text else type(exc).__name__
 
 
-def tvm_latency(model: onnx.ModelProto, shapes: dict, target, backend, inputs, work: Path, budget_s: float,
-                upgrade: bool):
-    """(ms, outputs) of the graph compiled by mcc's backend, or (error text, None).
+class _Timed:
+    """A loaded artifact with the `run`/`time_ms` pair host_latency's alternating timer takes."""
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def run(self, inputs):
+        return self.runner.run(inputs)
+
+    def time_ms(self, inputs, repeat: int = 20) -> list[float]:
+        latencies = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            self.runner.run(inputs)
+            latencies.append((time.perf_counter() - start) * 1000.0)
+        return latencies
+
+
+def tvm_runner(model: onnx.ModelProto, shapes: dict, target, backend, inputs, work: Path, upgrade: bool):
+    """(runner, outputs) of the graph compiled by mcc's backend, or (error text, None).
 
     Only mcc's graph gets mcc's opset upgrade (part of `mcc compile`); the others go to TVM as
     the tool left them, as a user of that tool would hand them to TVM.
@@ -103,14 +123,15 @@ def tvm_latency(model: onnx.ModelProto, shapes: dict, target, backend, inputs, w
             outputs = runner.run(inputs)
     except Exception as exc:  # a benchmark row records the failure and goes on
         return error_class(exc), None
-    return measure(lambda: runner.run(inputs), budget_s), outputs
+    return _Timed(runner), outputs
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
     parser.add_argument("--models", default=None)
-    parser.add_argument("--budget-s", type=float, default=5.0, help="time budget per latency measurement")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating timing rounds per model (default 5)")
+    parser.add_argument("--repeat", type=int, default=20, help="runs per graph and round (default 20)")
     parser.add_argument("--no-latency", action="store_true", help="node counts only")
     args = parser.parse_args()
 
@@ -127,9 +148,9 @@ def main() -> int:
           f"onnxslim {onnxslim.__version__}\n")
     node_header = " | ".join(f"{tool} nodes" for tool in TOOLS)
     latency_header = "" if args.no_latency else " | " + " | ".join(
-        f"TVM ms {'none' if tool == 'original' else tool}" for tool in TOOLS)
+        f"TVM ms {'none' if tool == 'original' else tool}" for tool in TOOLS) + " | mcc passes gain (none/mcc)"
     print(f"| model | {node_header}{latency_header} | mcc valid |")
-    print("|---" * (2 + len(TOOLS) * (1 if args.no_latency else 2)) + "|")
+    print("|---" * (2 + len(TOOLS) * (1 if args.no_latency else 2) + (0 if args.no_latency else 1)) + "|")
     wins = faster = validated = total = 0
     for spec in select_models(discover_models(args.shared), args.models):
         total += 1
@@ -151,14 +172,18 @@ def main() -> int:
             latencies: dict[str, str] = {}
             valid = "—"
             if not args.no_latency:
+                runners = {}
                 for tool in TOOLS:
                     graph = graphs[tool]
                     if not isinstance(graph, onnx.ModelProto):
                         latencies[tool] = "—"
                         continue
-                    result, outputs = tvm_latency(graph, fixed.shapes, target, backend, inputs, work, args.budget_s,
-                                                  upgrade=tool == "mcc")
-                    latencies[tool] = f"{result:.2f}" if isinstance(result, float) else result
+                    runner, outputs = tvm_runner(graph, fixed.shapes, target, backend, inputs, work,
+                                                 upgrade=tool == "mcc")
+                    if isinstance(runner, str):
+                        latencies[tool] = runner
+                    else:
+                        runners[tool] = runner
                     if tool == "mcc":
                         if outputs is None:
                             valid = "no"
@@ -167,6 +192,8 @@ def main() -> int:
                                        for i, (got, want) in enumerate(zip(outputs, reference))]
                             valid = "yes" if all(r.passed for r in reports) else "NO"
                             validated += valid == "yes"
+                timed = time_alternating(runners, inputs, args.repeat, args.rounds)
+                latencies.update({tool: f"{ms:.2f}" for tool, ms in timed.items()})
         numeric = [c for tool, c in counts.items() if tool not in ("original", "mcc") and isinstance(c, int)]
         if isinstance(counts["mcc"], int) and numeric and counts["mcc"] <= min(numeric):
             wins += 1
@@ -179,6 +206,11 @@ def main() -> int:
                 faster += 1  # bare TVM cannot import the model at all; mcc's graph compiles
         node_cells = " | ".join(str(counts[tool]) for tool in TOOLS)
         latency_cells = "" if args.no_latency else " | " + " | ".join(latencies[tool] for tool in TOOLS)
+        if not args.no_latency:
+            try:
+                latency_cells += f" | {float(none_ms) / float(mcc_ms):.2f}x"
+            except (TypeError, ValueError):
+                latency_cells += " | —"
         print(f"| {spec.name} | {node_cells}{latency_cells} | {valid} |", flush=True)
     print(f"\nmcc node count <= the best of onnxsim/onnxslim/ort-basic on {wins} of {total} models")
     if not args.no_latency:
