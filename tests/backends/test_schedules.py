@@ -173,3 +173,38 @@ def test_filters_padded_to_the_vector_width_where_the_output_width_misses_it(tmp
     small = _model(nodes, [("x", (1, 64, 13, 13))], "y", {"w": _weights(20, 64, 1, 1), "b": _weights(20)})
     artifact = backend.compile(small, load_target("host").tvm(), {"x": (1, 64, 13, 13)}, tmp_path / "s.so")
     assert artifact.details["padded_convolutions"] == 0
+
+
+@pytest.mark.parametrize("case", ["stft-conv1d", "conv2d-prime-width"])
+def test_prime_output_widths_get_extra_columns_and_a_register_tile(tmp_path, case):
+    """An STFT as a strided conv1d (257 filters x 97 frames, both prime, as openwakeword's
+    melspectrogram) gets filters padded to 272 and 98 output columns, so the channel-vector tile
+    applies instead of the dot-product rule; a 2-D convolution with a prime width 37 and its own
+    padding, 2 more columns. The outputs are sliced back and unchanged."""
+    from mcc.backends.tvm.channels import extra_columns
+
+    if case == "stft-conv1d":
+        shape = (1, 1, 64 + 96 * 16)
+        nodes = [helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[64], strides=[16])]
+        initializers = {"w": _weights(257, 1, 64)}
+        assert extra_columns(97) == 1
+    else:
+        shape = (1, 8, 5, 37)
+        nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+                 helper.make_node("Relu", ["c"], ["y"])]
+        initializers = {"w": _weights(24, 8, 3, 3), "b": _weights(24)}
+        assert extra_columns(37) == 2  # 39 = 13 x 3
+    model = _model(nodes, [("x", shape)], "y", initializers)
+    backend = get_backend("tvm-llvm")
+    artifact = backend.compile(model, load_target("host").tvm(), {"x": shape}, tmp_path / "m.so")
+    assert artifact.details["padded_convolutions"] == 1
+    assert "dot-product" not in artifact.details["default_schedules"].values()
+    feed = {"x": np.random.default_rng(2).normal(size=shape).astype(np.float32)}
+    np.testing.assert_allclose(backend.load(artifact.library, model).run(feed)[0], ort_run(model, feed)[0],
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_extra_columns_only_for_wide_outputs_without_a_tile_divisor():
+    from mcc.backends.tvm.channels import extra_columns
+
+    assert [extra_columns(w) for w in (13, 23, 24, 55, 56, 97, 109, 113, 224)] == [0, 0, 0, 0, 0, 1, 1, 4, 0]
