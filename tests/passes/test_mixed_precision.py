@@ -164,3 +164,16 @@ def test_int8_with_eval_data_reports_the_metric_and_enforces_the_budget(run_mcc,
     assert refused.returncode == 4, refused.stderr
     assert "misses the accuracy budget" in refused.stderr and "--precision mixed" in refused.stderr
     assert not (data_files / "b").exists()  # no half-written output
+
+
+def test_tune_takes_mixed_precision(run_mcc, data_files):
+    """`mcc tune --precision mixed` runs the same search as compile and tunes the kernels of the mixed model."""
+    result = run_mcc("tune", data_files / "model.onnx", "--budget", "10s", "--precision", "mixed",
+                     "--calib-data", data_files / "calib.npz", "--eval-data", data_files / "eval.npz",
+                     "--max-accuracy-drop", "1", "--max-trials-per-task", "2", "--json",
+                     env={"MCC_CACHE_DIR": str(data_files / "cache")})
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert any(note.startswith("precision search: 1 of 2 layer(s) int8") for note in payload["notes"]), payload["notes"]
+    kernels = [*payload["tuning"]["tuned"], *payload["tuning"]["skipped"], *payload["tuning"]["already_in_database"]]
+    assert any("quantize" in name for name in kernels), kernels  # the int8 layer's requantization

@@ -15,7 +15,7 @@ import click
 from mcc.toolchain.errors import EXIT_INTERNAL, EXIT_USAGE, MccError, PassError
 from mcc.toolchain.cli.debug import debug_command
 from mcc.toolchain.cli.hardware import calibrate_command, estimate_command, targets_command
-from mcc.toolchain.cli.options import const_input_option, input_shape_option
+from mcc.toolchain.cli.options import const_input_option, input_shape_option, precision_options
 from mcc.toolchain.cli.tune import budget_option, progress_bars, rpc_options, tune_command
 
 
@@ -33,30 +33,10 @@ def cli() -> None:
 @input_shape_option
 @const_input_option
 @click.option("--inputs", "inputs_path", type=click.Path(path_type=Path), help="Validation inputs as .npz (one array per input name).")
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "int8", "mixed"]),
-              help="Compute precision (fp16: convert-float16; int8: quantize-int8 in QDQ form, needs --calib-data; "
-                   "mixed: int8 with the most sensitive layers kept float32 until the accuracy budget holds on "
-                   "--eval-data); I/O stay float32, validated with that precision's tolerances.")
-@click.option("--calib-data", default=None, metavar="FILE.npz|FOLDER|PLUGIN.py|random",
-              help="int8 calibration samples: an .npz (one array per input, first axis = samples), a folder of "
-                   "images with a preprocess.toml, or a Python file defining calibration_batches(inputs).")
-@click.option("--calib-method", default="percentile", show_default=True,
-              type=click.Choice(["minmax", "percentile", "entropy"]), help="int8 activation range calibration.")
-@click.option("--eval-data", default=None, metavar="FILE.npz",
-              help="--precision int8 or mixed: evaluation samples (one array per input, first axis = samples) and "
-                   "'labels' (class per sample) for top-1; int8 reports the metric, mixed searches with it.")
-@click.option("--max-accuracy-drop", type=float, default=None, metavar="POINTS",
-              help="Top-1 points the quantized model may lose on --eval-data: int8 fails when it loses more, mixed "
-                   "keeps sensitive layers in float32 until it holds (or budget output fidelity with --min-sqnr-db).")
-@click.option("--fallback-precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16"]),
-              help="--precision mixed: the precision of the layers kept out of int8 (fp16 where the budget still "
-                   "holds; for targets whose fp16 is fast).")
+@precision_options
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of the random validation inputs.")
 @click.option("--verify-each", is_flag=True, help="Run onnx.checker and strict shape inference after every pass.")
 @click.option("--dump-dir", type=click.Path(path_type=Path), help="Write the model after every pass that changed it.")
-@click.option("--min-sqnr-db", type=float, default=None, metavar="DB",
-              help="Accuracy budget: outputs must keep this SQNR vs onnxruntime; lets approximations replace ops the "
-                   "target lacks (listed in the report).")
 @click.option("--explain", "explain", multiple=True, metavar="RULE",
               help="Say where rewrite rule RULE fired and why it did not elsewhere (repeatable).")
 @budget_option("Tune the kernels the tuning database lacks for this long first, e.g. 5m (see `mcc tune`).")

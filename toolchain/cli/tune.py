@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from mcc.toolchain.cli.options import const_input_option, input_shape_option
+from mcc.toolchain.cli.options import const_input_option, input_shape_option, precision_options
 from mcc.toolchain.errors import UsageError
 
 _DURATION = re.compile(
@@ -95,11 +95,7 @@ def progress_bars():
 @click.option("--passes", "passes", default=None, help="Pipeline text, as for `mcc compile` [default: the default pipeline].")
 @input_shape_option
 @const_input_option
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "int8"]),
-              help="Tune the kernels of this precision (as `mcc compile --precision`).")
-@click.option("--calib-data", default=None, metavar="FILE.npz|FOLDER|PLUGIN.py|random", help="int8 calibration samples.")
-@click.option("--calib-method", default="percentile", show_default=True,
-              type=click.Choice(["minmax", "percentile", "entropy"]), help="int8 activation range calibration.")
+@precision_options
 @click.option("--max-trials-per-task", default=32, show_default=True, type=click.IntRange(1, 10000),
               help="Measured schedules per kernel at most.")
 @click.option("--search", default="evolutionary", show_default=True, type=click.Choice(["evolutionary", "random"]),
@@ -107,7 +103,8 @@ def progress_bars():
 @rpc_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def tune_command(model, target, budget_s, passes, input_shapes, const_inputs, precision, calib_data, calib_method,
-                 max_trials_per_task, search, rpc, rpc_key, as_json):
+                 eval_data, max_accuracy_drop, fallback_precision, min_sqnr_db, max_trials_per_task, search, rpc,
+                 rpc_key, as_json):
     """Tune MODEL's kernels for TARGET that the tuning database lacks; `mcc compile` then uses the records."""
     from mcc.toolchain.cli.main import _CURRENT_REQUEST
     from mcc.toolchain.cli.summary import print_tune_summary
@@ -116,7 +113,8 @@ def tune_command(model, target, budget_s, passes, input_shapes, const_inputs, pr
     request = CompileRequest(
         model_path=model, target=target, passes=passes, input_shapes=dict(input_shapes),
         const_inputs=dict(const_inputs), precision=precision, calib_data=calib_data, calib_method=calib_method,
-        budget_s=budget_s, max_trials_per_task=max_trials_per_task, search=search, rpc=rpc, rpc_key=rpc_key,
+        eval_data=eval_data, max_accuracy_drop=max_accuracy_drop, fallback_precision=fallback_precision,
+        min_sqnr_db=min_sqnr_db, budget_s=budget_s, max_trials_per_task=max_trials_per_task, search=search, rpc=rpc, rpc_key=rpc_key,
         progress=progress_bars(),
     )
     _CURRENT_REQUEST.append(request)
