@@ -563,9 +563,17 @@ def tile_reduction(sch, cpu: CpuInfo) -> bool:
         sch.unroll(loop)
     writeback_loops = sch.get_loops(writeback)
     if plan.row_axis is not None and plan.row_axis > plan.vec_axis:
-        # channel-vector: the accumulators are stored across channel planes; the innermost
-        # output axis (the rows) stays the inner loop of the store
-        sch.unroll(writeback_loops[-1])
+        # channel-vector: the epilogue runs on the accumulators as they are, a vector of channels
+        # at a time (its loads of bias and scale are contiguous too), and each vector is stored
+        # across the channel planes; a scalar epilogue over rows x channels costs as much as the
+        # multiply-adds on a 1x1 convolution
+        axis_loops = writeback_loops[len(writeback_loops) - n_spatial:]
+        channels, rows = axis_loops[plan.vec_axis], axis_loops[plan.row_axis]
+        sch.reorder(rows, channels)
+        channel_outer, channel_inner = sch.split(channels, factors=[None, plan.vector])
+        sch.unroll(rows)
+        sch.unroll(channel_outer)
+        sch.vectorize(channel_inner)
     else:
         sch.vectorize(writeback_loops[-1])
     sch.decompose_reduction(anchor, reduction_loops[0])
