@@ -1,7 +1,8 @@
 """TVM for LLVM CPU targets (the host now; aarch64 cross targets later use the same phases).
 
-Import (Relax ONNX frontend) -> target rewrites (quantized ops to integer kernels, convolution
-filters padded to the vector width) -> DecomposeOpsForInference, FastMathTransform, the `zero` pipeline
+Import (Relax ONNX frontend) -> target rewrites (quantized ops to integer kernels, channel
+concatenations distributed over the convolutions that read them, convolution filters padded to
+the vector width) -> DecomposeOpsForInference, FastMathTransform, the `zero` pipeline
 (legalize, fuse) -> schedules: tuning records from mcc's database where it has them (`tuning.apply_records`), mcc's
 default CPU schedules for every other kernel (`schedules.apply_default_schedules`) -> `tvm.compile`
 for the target -> `export_library` to a shared object. TVM 0.27's `tvm.compile` on CPU does no
@@ -43,13 +44,17 @@ def legalize(mod):
 
 def rewrite_for_target(mod, target):
     """Relax rewrites for the target's kernels, before legalization: quantized convolutions and
-    matmuls to integer kernels (integer.py), float convolution filters padded to the vector width
-    (channels.py). Returns (module, {"integer_kernels": n, "padded_convolutions": m})."""
-    from mcc.backends.tvm import channels, integer
+    matmuls to integer kernels (integer.py), channel concatenations distributed over the
+    convolutions and poolings that read them (concat.py), float convolution filters padded to the
+    vector width (channels.py). Returns (module, {"integer_kernels": n,
+    "distributed_concatenations": k, "padded_convolutions": m})."""
+    from mcc.backends.tvm import channels, concat, integer
 
     mod, integer_kernels = integer.lower_quantized_kernels(mod, target)
+    mod, distributed = concat.distribute_concatenations(mod, target)
     mod, padded = channels.pad_output_channels(mod, target)
-    return mod, {"integer_kernels": integer_kernels, "padded_convolutions": padded}
+    return mod, {"integer_kernels": integer_kernels, "distributed_concatenations": distributed,
+                 "padded_convolutions": padded}
 
 
 def lower(mod, target, *, default_schedules: bool = True, use_tuning_records: bool = True):
