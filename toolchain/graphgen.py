@@ -52,6 +52,11 @@ FP32_RELATIVE_TOLERANCE = 1e-4
 #: for passes that compute in half on purpose (`Pass.changes_precision`): float16 has a 2^-11
 #: relative step, and the generated chains accumulate a few dozen roundings
 HALF_RELATIVE_TOLERANCE = 3e-2
+#: for passes that quantize to int8 (`Pass.precision == "int8"`) the check is the output's SQNR: a
+#: 2^-8 step per tensor, which a normalisation or a product after it magnifies element-wise (a
+#: dynamically quantized MatMul into a LayerNorm and a square: 0.3 off at a scale of 4.8, yet
+#: 30-44 dB), while a wrong rewrite (a lost bias, a misplaced scale axis) is far below 25 dB
+INT8_MIN_SQNR_DB = 25.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -869,8 +874,12 @@ def _one_line(text: str, limit: int = 360) -> str:
 
 
 def numeric_mismatch(reference: onnx.ModelProto, candidate: onnx.ModelProto,
-                     seeds: Sequence[int] = (0, 1), tolerance: float = FP32_RELATIVE_TOLERANCE) -> str | None:
-    """Why `candidate` does not compute what `reference` computes (onnxruntime, random inputs), or None."""
+                     seeds: Sequence[int] = (0, 1), tolerance: float = FP32_RELATIVE_TOLERANCE,
+                     min_sqnr: float | None = None) -> str | None:
+    """Why `candidate` does not compute what `reference` computes (onnxruntime, random inputs), or None.
+
+    An output agrees when its largest error is within `tolerance` x max(1, max |reference|), or,
+    with `min_sqnr` (int8), when its SQNR reaches that many dB."""
     reference_names = [value.name for value in reference.graph.output]
     candidate_names = [value.name for value in candidate.graph.output]
     if reference_names != candidate_names:
@@ -891,6 +900,13 @@ def numeric_mismatch(reference: onnx.ModelProto, candidate: onnx.ModelProto,
                 continue
             error = float(np.max(np.abs(want[finite].astype(np.float64) - have[finite])))
             scale = max(1.0, float(np.max(np.abs(want[finite]))))
+            if min_sqnr is not None and error > tolerance * scale:
+                signal = float(np.sum(want[finite].astype(np.float64) ** 2))
+                noise = float(np.sum((want[finite].astype(np.float64) - have[finite]) ** 2))
+                if signal > 0.0 and 10.0 * math.log10(signal / noise) >= min_sqnr:
+                    continue
+                return (f"output '{name}' differs by {error:.3g} at {10.0 * math.log10(signal / noise) if signal else 0:.1f} "
+                        f"dB SQNR (needs {min_sqnr:g} dB, input seed {seed})")
             if error > tolerance * scale:
                 return (f"output '{name}' differs by {error:.3g} (tolerance {tolerance:g} x {scale:.3g}, "
                         f"input seed {seed})")
@@ -938,13 +954,21 @@ def pipeline_transform(text: str) -> Transform:
     return transform
 
 
-def relative_tolerance(name: str) -> float:
-    """The numeric tolerance for pipeline text `name`: half's when a pass in it changes precision."""
+def _precision_passes(name: str) -> list:
     from mcc.toolchain.registry import builtin_passes
 
-    lowered = {cls.name for cls in builtin_passes() if cls.changes_precision}
     used = {item.split("{")[0].strip() for item in name.replace("(", ",").replace(")", ",").split(",")}
-    return HALF_RELATIVE_TOLERANCE if used & lowered else FP32_RELATIVE_TOLERANCE
+    return [cls for cls in builtin_passes() if cls.changes_precision and cls.name in used]
+
+
+def relative_tolerance(name: str) -> float:
+    """The numeric tolerance for pipeline text `name`: half's when a pass in it changes precision."""
+    return HALF_RELATIVE_TOLERANCE if _precision_passes(name) else FP32_RELATIVE_TOLERANCE
+
+
+def min_sqnr_db(name: str) -> float | None:
+    """The SQNR outputs must keep when a pass in pipeline text `name` quantizes to int8, else None."""
+    return INT8_MIN_SQNR_DB if any(cls.precision == "int8" for cls in _precision_passes(name)) else None
 
 
 def check_pass(name: str, transform: Transform, model: onnx.ModelProto) -> PassCheck:
@@ -983,7 +1007,7 @@ def check_pass(name: str, transform: Transform, model: onnx.ModelProto) -> PassC
                                                                                    for n in again.graph.node})
         return PassCheck(True, motifs, "idempotence", f"a second run changed the model again (removed: {gone[:6]})",
                          result)
-    mismatch = numeric_mismatch(model, result, tolerance=relative_tolerance(name))
+    mismatch = numeric_mismatch(model, result, tolerance=relative_tolerance(name), min_sqnr=min_sqnr_db(name))
     if mismatch is not None:
         return PassCheck(True, motifs, "numeric", mismatch, result)
     return PassCheck(True, motifs, result=result)
