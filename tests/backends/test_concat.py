@@ -50,3 +50,19 @@ def test_concatenation_distributed_and_result_unchanged(tmp_path, pool, extra_ou
     feed = {"x": np.random.default_rng(7).normal(size=(1, 8, 15, 15)).astype(np.float32)}
     for got, want in zip(backend.load(artifact.library, model).run(feed), ort_run(model, feed), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_widening_convolution_keeps_its_concatenation(tmp_path):
+    """A convolution whose output is larger than the concatenation it reads (a classifier widening
+    64 channels to 96): the partial outputs would cost more than the copy, so nothing changes."""
+    model = fire(pool=False)
+    model.graph.initializer.remove(next(t for t in model.graph.initializer if t.name == "ws"))
+    model.graph.initializer.remove(next(t for t in model.graph.initializer if t.name == "bs"))
+    model.graph.initializer.extend([numpy_helper.from_array(_weights(96, 64, 1, 1, seed=8), "ws"),
+                                    numpy_helper.from_array(_weights(96, seed=9), "bs")])
+    backend = get_backend("tvm-llvm")
+    artifact = backend.compile(model, load_target("host").tvm(), {"x": (1, 8, 15, 15)}, tmp_path / "m.so")
+    assert artifact.details["distributed_concatenations"] == 0
+    feed = {"x": np.random.default_rng(7).normal(size=(1, 8, 15, 15)).astype(np.float32)}
+    np.testing.assert_allclose(backend.load(artifact.library, model).run(feed)[0], ort_run(model, feed)[0],
+                               rtol=1e-4, atol=1e-4)
