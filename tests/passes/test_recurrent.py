@@ -245,18 +245,20 @@ def test_unrolled_matches_onnxruntime(op, options):
     assert not run_pass(SubstituteRecurrent(), result.model).modified, "a second run must change nothing"
 
 
-def test_symbolic_batch_is_fine_only_the_sequence_must_be_static():
-    model = recurrent_model("LSTM", direction="bidirectional", initial="input")
+@pytest.mark.parametrize("steps, direction", [(3, "bidirectional"), (1, "forward")])
+def test_symbolic_batch_is_fine_only_the_sequence_must_be_static(steps, direction):
+    model = recurrent_model("LSTM", steps=steps, direction=direction, initial="input")
     for value in list(model.graph.input) + list(model.graph.output):  # the batch is dim 1, in Y dim 2
         value.type.tensor_type.shape.dim[2 if value.name == "Y" else 1].dim_param = "N"
     onnx.checker.check_model(model)
     result = run_pass(SubstituteRecurrent(), model)
     assert result.modified
     rng = np.random.default_rng(0)
+    directions = 2 if direction == "bidirectional" else 1
     for batch in (1, 3):
-        feed = {"X": rng.uniform(-1, 1, (3, batch, 4)).astype(np.float32),
-                "initial_h": rng.uniform(-1, 1, (2, batch, 5)).astype(np.float32),
-                "initial_c": rng.uniform(-1, 1, (2, batch, 5)).astype(np.float32)}
+        feed = {"X": rng.uniform(-1, 1, (steps, batch, 4)).astype(np.float32),
+                "initial_h": rng.uniform(-1, 1, (directions, batch, 5)).astype(np.float32),
+                "initial_c": rng.uniform(-1, 1, (directions, batch, 5)).astype(np.float32)}
         for got, want in zip(ort_run(result.model, feed), ort_run(model, feed), strict=True):
             np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
 
