@@ -86,24 +86,6 @@ def error_class(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:40]}" if text else type(exc).__name__
 
 
-class _Timed:
-    """A loaded artifact with the `run`/`time_ms` pair host_latency's alternating timer takes."""
-
-    def __init__(self, runner):
-        self.runner = runner
-
-    def run(self, inputs):
-        return self.runner.run(inputs)
-
-    def time_ms(self, inputs, repeat: int = 20) -> list[float]:
-        latencies = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            self.runner.run(inputs)
-            latencies.append((time.perf_counter() - start) * 1000.0)
-        return latencies
-
-
 def tvm_runner(model: onnx.ModelProto, shapes: dict, target, backend, inputs, work: Path, upgrade: bool):
     """(runner, outputs) of the graph compiled by mcc's backend, or (error text, None).
 
@@ -123,7 +105,7 @@ def tvm_runner(model: onnx.ModelProto, shapes: dict, target, backend, inputs, wo
             outputs = runner.run(inputs)
     except Exception as exc:  # a benchmark row records the failure and goes on
         return error_class(exc), None
-    return _Timed(runner), outputs
+    return runner, outputs
 
 
 def main() -> int:
@@ -170,7 +152,7 @@ def main() -> int:
                     graphs[tool] = error_class(exc)
             counts = {tool: (len(g.graph.node) if isinstance(g, onnx.ModelProto) else g) for tool, g in graphs.items()}
             latencies: dict[str, str] = {}
-            valid = "—"
+            valid, gain = "—", "—"
             if not args.no_latency:
                 runners = {}
                 for tool in TOOLS:
@@ -194,6 +176,8 @@ def main() -> int:
                             validated += valid == "yes"
                 timed = time_alternating(runners, inputs, args.repeat, args.rounds)
                 latencies.update({tool: f"{ms:.2f}" for tool, ms in timed.items()})
+                if "mcc" in timed and "original" in timed:
+                    gain = f"{timed['original'] / timed['mcc']:.2f}x"
         numeric = [c for tool, c in counts.items() if tool not in ("original", "mcc") and isinstance(c, int)]
         if isinstance(counts["mcc"], int) and numeric and counts["mcc"] <= min(numeric):
             wins += 1
@@ -207,10 +191,7 @@ def main() -> int:
         node_cells = " | ".join(str(counts[tool]) for tool in TOOLS)
         latency_cells = "" if args.no_latency else " | " + " | ".join(latencies[tool] for tool in TOOLS)
         if not args.no_latency:
-            try:
-                latency_cells += f" | {float(none_ms) / float(mcc_ms):.2f}x"
-            except (TypeError, ValueError):
-                latency_cells += " | —"
+            latency_cells += f" | {gain}"
         print(f"| {spec.name} | {node_cells}{latency_cells} | {valid} |", flush=True)
     print(f"\nmcc node count <= the best of onnxsim/onnxslim/ort-basic on {wins} of {total} models")
     if not args.no_latency:

@@ -41,6 +41,16 @@ def distribute_concatenations(mod, target):
     return mod, total
 
 
+def _static_shape(expr) -> list[int] | None:
+    """The static shape of a Relax tensor expression; None when unknown or symbolic."""
+    from tvm import tirx
+
+    shape = getattr(expr.ty, "shape", None)
+    if shape is None or not all(isinstance(dim, tirx.IntImm) for dim in shape):
+        return None
+    return [int(dim) for dim in shape]
+
+
 def _elements(shape) -> int:
     total = 1
     for dim in shape:
@@ -91,15 +101,10 @@ def _make_rewriter(use_counts: dict):
             call = self.visit_expr_post_order(call)
             if not isinstance(call.op, tvm.ir.Op):
                 return call
-            parts = self._channel_parts(original, call)
-            if parts is None:
-                return call
-            if call.op.same_as(conv2d_op):
-                replacement = self._conv(call, parts)
-            elif call.op.same_as(max_pool_op):
-                replacement = self._pool(call, parts)
-            else:
-                return call
+            distribute = (self._conv if call.op.same_as(conv2d_op) else self._pool if call.op.same_as(max_pool_op)
+                          else None)
+            parts = None if distribute is None else self._channel_parts(original, call)
+            replacement = None if parts is None else distribute(call, parts)
             if replacement is None:
                 return call
             self.count += 1
@@ -117,8 +122,8 @@ def _make_rewriter(use_counts: dict):
             tensors = concat.args[0]
             if not isinstance(tensors, relax.Tuple) or len(tensors.fields) < 2:
                 return None
-            rank = len(call.args[0].ty.shape)
-            if rank != 4 or int(concat.attrs.axis) % rank != 1:
+            shapes = [_static_shape(expr) for expr in (call.args[0], call, *tensors.fields)]
+            if any(shape is None or len(shape) != 4 for shape in shapes) or int(concat.attrs.axis) % 4 != 1:
                 return None
             return list(tensors.fields)
 
@@ -131,6 +136,8 @@ def _make_rewriter(use_counts: dict):
             if not isinstance(weight, GenericConst):
                 return None
             values = weight.value.numpy()
+            if values.dtype != np.float32:
+                return None
             widths = [int(part.ty.shape[1]) for part in parts]
             if sum(widths) != values.shape[1]:
                 return None
@@ -143,11 +150,13 @@ def _make_rewriter(use_counts: dict):
             for part, width in zip(parts, widths):
                 piece = np.ascontiguousarray(values[:, start:start + width])
                 start += width
-                partial = self.builder_.emit(relax.op.nn.conv2d(
+                if result is not None:
+                    result = self.builder_.emit(result)
+                partial = relax.op.nn.conv2d(
                     part, relax.const(piece), strides=attrs.strides, padding=attrs.padding,
-                    dilation=attrs.dilation, data_layout="NCHW", kernel_layout="OIHW", out_dtype="float32"))
-                result = partial if result is None else self.builder_.emit(relax.op.add(result, partial))
-            return result
+                    dilation=attrs.dilation, data_layout="NCHW", kernel_layout="OIHW", out_dtype="float32")
+                result = partial if result is None else relax.op.add(result, self.builder_.emit(partial))
+            return result  # the last sum (or convolution) is bound where the original call was
 
         def _pool(self, call, parts):
             attrs = call.attrs

@@ -80,6 +80,9 @@ class _Magnitude(Rule):
         if self.squares_by_pow and not all(
                 m.is_scalar_const(name) and float(m.const(name).reshape(-1)[0]) == 2.0 for name in ("two_re", "two_im")):
             return "the exponent is not 2"
+        if self.squares_by_pow and m.shape("x") is not None and any(
+                m.const(name).ndim > len(m.shape("x")) for name in ("two_re", "two_im")):
+            return "the exponent has a higher rank than the slices (it broadcasts the result up a rank)"
         found = _split_axis(m)
         return found if isinstance(found, str) else None
 

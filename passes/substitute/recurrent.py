@@ -416,14 +416,13 @@ class UnrollRecurrent(Rule):
         return False
 
     def rewrite_single_step(self, e: Emitter, m: Match, rec: Recurrence) -> None:
-        """One step of one direction, kept in the node's 3-D state layout: no Gather, Gemm or output Reshape.
+        """One step of one direction, kept in the node's 3-D state layout: no Gemm, and Y_h and Y_c need no Reshape.
 
         X is [1, B, I] ([B, 1, I] with layout 1) and so are initial_h and initial_c with H for I,
         so the step's gates are `Concat([X, h]) @ [W; R]' + b` without re-laying out anything, and the
         new h and c already have the shape of Y_h and Y_c. A streaming model that carries its state
         between calls (one step per call, as silero VAD) gets 12 nodes per LSTM instead of 19.
         """
-        w, r = _param(m, "w"), _param(m, "r")
         h, c = (_param(m, name) for name in ("h0", "c0"))
         h, c = (None if e.is_zero(state) else state for state in (h, c))
         w_t, r_t, w_bias, r_bias = self.input_weights(e, m, rec, 0, self.gates)

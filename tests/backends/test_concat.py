@@ -13,7 +13,7 @@ def _weights(*shape, seed=0):
     return np.random.default_rng(seed).normal(scale=0.3, size=shape).astype(np.float32)
 
 
-def fire(pool: bool, extra_output: bool = False):
+def fire(pool: bool, extra_output: bool = False, squeeze_kernel: int = 1, squeeze_stride: int = 1):
     """SqueezeNet's Fire module: 1x1 and 3x3 expand convolutions concatenated, then (a max pool and)
     the next squeeze convolution; optionally the concatenation is also a graph output."""
     nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["e1"]), helper.make_node("Relu", ["e1"], ["r1"]),
@@ -24,12 +24,14 @@ def fire(pool: bool, extra_output: bool = False):
     if pool:
         nodes.append(helper.make_node("MaxPool", ["cat"], ["pooled"], kernel_shape=[3, 3], strides=[2, 2]))
         source = "pooled"
-    nodes += [helper.make_node("Conv", [source, "ws", "bs"], ["s"]), helper.make_node("Relu", ["s"], ["y"])]
+    pad = squeeze_kernel // 2
+    nodes += [helper.make_node("Conv", [source, "ws", "bs"], ["s"], pads=[pad] * 4, strides=[squeeze_stride] * 2),
+              helper.make_node("Relu", ["s"], ["y"])]
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
     if extra_output:
         outputs.append(helper.make_tensor_value_info("cat", TensorProto.FLOAT, None))
     initializers = {"w1": _weights(24, 8, 1, 1, seed=1), "b1": _weights(24, seed=2), "w3": _weights(40, 8, 3, 3, seed=3),
-                    "b3": _weights(40, seed=4), "ws": _weights(16, 64, 1, 1, seed=5), "bs": _weights(16, seed=6)}
+                    "b3": _weights(40, seed=4), "ws": _weights(16, 64, squeeze_kernel, squeeze_kernel, seed=5), "bs": _weights(16, seed=6)}
     graph = helper.make_graph(nodes, "fire", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 15, 15])],
                               outputs, initializer=[numpy_helper.from_array(v, k) for k, v in initializers.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -37,13 +39,14 @@ def fire(pool: bool, extra_output: bool = False):
     return model
 
 
-@pytest.mark.parametrize("pool, extra_output, distributed", [
-    (False, False, 1),  # conv(concat) -> conv + conv
-    (True, False, 2),  # max_pool(concat) -> concat(max_pool, max_pool), then the conv as above
-    (False, True, 0),  # the concatenation is a graph output too: it stays
+@pytest.mark.parametrize("pool, extra_output, kernel, stride, distributed", [
+    (False, False, 1, 1, 1),  # conv(concat) -> conv + conv
+    (False, False, 3, 2, 1),  # ... with the convolution's padding and stride on every part
+    (True, False, 1, 1, 2),  # max_pool(concat) -> concat(max_pool, max_pool), then the conv as above
+    (False, True, 1, 1, 0),  # the concatenation is a graph output too: it stays
 ])
-def test_concatenation_distributed_and_result_unchanged(tmp_path, pool, extra_output, distributed):
-    model = fire(pool, extra_output)
+def test_concatenation_distributed_and_result_unchanged(tmp_path, pool, extra_output, kernel, stride, distributed):
+    model = fire(pool, extra_output, kernel, stride)
     backend = get_backend("tvm-llvm")
     artifact = backend.compile(model, load_target("host").tvm(), {"x": (1, 8, 15, 15)}, tmp_path / "m.so")
     assert artifact.details["distributed_concatenations"] == distributed

@@ -61,6 +61,8 @@ def test_squares_as_mul_halves_in_either_order_and_no_slice_left():
     ({"int64[2] s_im = {5, 1}": "int64[2] s_im = {5, 2}", "float[1, 5, 6] y": "float[1, 5, 5] y",
       "e_re = {5, 9223372036854775807}": "e_re = {5, 6}"}, "differ on 2 axes"),
     ({"float two = {2.0}": "float two = {3.0}"}, "the exponent is not 2"),
+    ({"float two = {2.0}": "float[1, 1, 1, 1] two = {2.0}", "float[1, 5, 6] y": "float[1, 1, 5, 6] y"},
+     "broadcasts the result up a rank"),
     ({"int64[2] steps = {1, 1}": "int64[2] steps = {1, 2}", "float[1, 5, 6] y": "float[1, 5, 3] y"},
      "a step other than 1"),
     ({"float[1, 10, 7] x": "float[1, 10, N] x", "float[1, 5, 6] y": "float[1, 5, M] y"}, "not static"),
