@@ -446,7 +446,13 @@ class UnrollRecurrent(Rule):
         raise NotImplementedError
 
     def cell(self, e: Emitter, rec: Recurrence, activations: tuple[str, ...], step_input, h, c, weights: dict):
-        """One step: the input projection of this step ([B, G*H]), the previous h and c -> the new h and c."""
+        """One step: the input projection of this step ([B, G*H]), the previous h and c -> the new h and c.
+
+        By default the gates are that projection plus h @ R' (LSTM, RNN), and `update` does the rest."""
+        return self.update(e, rec, activations, e.affine(h, weights["R_t"], step_input), c, weights)
+
+    def update(self, e: Emitter, rec: Recurrence, activations: tuple[str, ...], gates, c, weights: dict, axis: int = 1):
+        """The new h and c from a step's gate pre-activations (G*H along `axis`) and the previous c."""
         raise NotImplementedError
 
     @staticmethod
@@ -483,9 +489,6 @@ class UnrollLSTM(UnrollRecurrent):
 
     def single_step(self, m, rec):
         return Emitter.is_zero(_param(m, "p"))
-
-    def cell(self, e, rec, activations, step_input, h, c, weights):
-        return self.update(e, rec, activations, e.affine(h, weights["R_t"], step_input), c, weights)
 
     def update(self, e, rec, activations, gates, c, weights, axis=1):
         """The new h and c from a step's gate pre-activations (4H along `axis`, gates iofc) and the previous c."""
@@ -568,9 +571,6 @@ class UnrollRNN(UnrollRecurrent):
 
     def single_step(self, m, rec):
         return True
-
-    def cell(self, e, rec, activations, step_input, h, c, weights):
-        return self.update(e, rec, activations, e.affine(h, weights["R_t"], step_input), c, weights)
 
     def update(self, e, rec, activations, gates, c, weights, axis=1):
         (f,) = activations
