@@ -1,0 +1,224 @@
+"""Float 2-D convolutions run channels-last (NHWC) on CPU targets, and the layout flows between them.
+
+ONNX convolutions are NCHW. mcc's default CPU schedule then has two register tiles to choose from
+(schedules/cpu.py, `plan_tile`): lanes along the output width, which needs a width with a divisor
+filling a register, or lanes along the output channels with rows along the width. The second is
+what most real layers get (widths 55, 27, 13, 7), and in NCHW each of its channel vectors is
+stored as scalars, one per channel plane; the epilogue cost as much as the multiply-adds on a
+1x1 convolution. onnxruntime's MLAS avoids that by running whole networks in a blocked channel
+layout (NCHWc).
+
+TVM 0.27's Relax `ConvertLayout` propagates a layout across the graph (activations, pooling,
+reductions, binary ops, concatenation) and inserts transposes only where it must; its
+legalization covers NHWC (and not NCHWc). In NHWC the channels are the innermost axis, so the
+default schedule's output-vector tile puts its lanes on the channels with rows along the width:
+contiguous vector stores, a vectorized epilogue, contiguous depthwise loads, and the weights
+packed once at compile time. The input and output keep their NCHW layout (one transpose each),
+and the weight transposes fold into the constants.
+
+Measured on SqueezeNet in one process, same schedules otherwise: 0.82x the time.
+
+Only float (float32, float16) convolutions with a constant weight are converted; the integer
+kernels of quantized convolutions (integer.py) keep NCHW, pinned so the layout does not flow into
+them.
+"""
+
+from __future__ import annotations
+
+FLOAT_DTYPES = ("float32", "float16")
+#: the whole model goes channels-last only when at least this share of its convolution work has
+#: output channels filling whole vectors: with 88 or 200 channels the vectors are partial, and
+#: converting only the convolutions that fit adds a transpose pair at every boundary (PP-OCRv5
+#: cls: 1.23x the time converting all, 1.08x converting those that fit)
+MIN_FULL_VECTOR_SHARE = 0.8
+#: layout-sensitive ops that stay NCHW (the layout would otherwise flow into them from their input)
+PINNED = {"relax.nn.conv2d_transpose": ("NCHW", "IOHW")}
+#: elementwise binary ops whose one-element constant operands become 0-d
+BINARY_OPS = ("add", "subtract", "multiply", "divide", "maximum", "minimum", "power")
+
+
+def channels_last(mod, target):
+    """(module, number of convolutions converted to NHWC); unchanged for non-CPU targets."""
+    if target.kind.name != "llvm":
+        return mod, 0
+    from mcc.backends.tvm.schedules.cpu import CpuInfo
+
+    share = full_vector_share(mod, CpuInfo.from_target(target).lanes(32))
+    if share is None or share < MIN_FULL_VECTOR_SHARE:
+        return mod, 0
+    import tvm
+    from tvm import relax
+
+    counted = {"converted": 0}
+
+    def desired(call):
+        if call.op.name in PINNED:  # TVM 0.27 legalizes these in NCHW only
+            return {call.op.name: list(PINNED[call.op.name])}
+        if call.op.name != "relax.nn.conv2d":
+            return {}
+        if _converts(call):
+            counted["converted"] += 1
+            return {"relax.nn.conv2d": ["NHWC", "OHWI"]}
+        return {"relax.nn.conv2d": ["NCHW", "OIHW"]}  # pinned: the layout does not flow into it
+
+    mod = _expose_clip_bounds(mod)
+    try:
+        converted = relax.transform.ConvertLayout({}, layout_cb=desired)(mod)
+    except RuntimeError:  # tvm.error.InternalError and the other TVM errors
+        # TVM 0.27's layout inference refuses some graphs around the convolutions (magika's
+        # layer norms over 3-D tensors: "Invalid SLayout"); they keep NCHW
+        return mod, 0
+    if not counted["converted"]:
+        return mod, 0
+    # the weight transposes, on constants, become constants
+    return relax.transform.FoldConstant()(converted), counted["converted"]
+
+
+def full_vector_share(mod, lanes: int) -> float | None:
+    """Of the multiply-adds of the convolutions `channels_last` would convert, the share in those
+    whose output channels fill whole vectors (a multiple of `lanes`); None when there are none."""
+    import tvm
+    from tvm import relax
+
+    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+    macs = {True: 0, False: 0}
+
+    @relax.expr_functor.visitor
+    class Count(relax.PyExprVisitor):
+        def visit_call_(self, call):
+            super().visit_call_(call)
+            if call.op.same_as(conv2d) and _converts(call):
+                try:
+                    out = [int(d) for d in call.ty.shape]
+                    weight = [int(d) for d in call.args[1].ty.shape]
+                except (TypeError, ValueError):
+                    return
+                macs[weight[0] % lanes == 0] += _product(out) * _product(weight[1:])
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            Count().visit_expr(func)
+    total = macs[True] + macs[False]
+    return macs[True] / total if total else None
+
+
+def _product(values) -> int:
+    result = 1
+    for value in values:
+        result *= value
+    return result
+
+
+def _converts(call) -> bool:
+    """A float NCHW convolution with a constant weight."""
+    from tvm.ir.expr import GenericConst  # TVM 0.27's relax.const
+
+    attrs = call.attrs
+    data, weight = call.args[0], call.args[1]
+    if (str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW"
+            or str(attrs.out_layout) != "NCHW"):
+        return False
+    if not isinstance(weight, GenericConst):
+        return False
+    types = [getattr(value, "ty", None) for value in (data, weight, call)]
+    return all(ty is not None and str(getattr(ty, "dtype", "")) in FLOAT_DTYPES for ty in types)
+
+
+def _expose_clip_bounds(mod):
+    """The ONNX frontend's Clip as Relax `maximum`/`minimum` ops: it emits them as calls to
+    TVM's `topi.maximum`/`topi.minimum` kernels (call_tir), which layout conversion cannot see
+    into, so each ReLU6 or hard-swish of a MobileNet-style model got a transpose on either side
+    (PP-OCRv5 cls: 1.19x the time before this)."""
+    import tvm
+    from tvm import relax
+    from tvm.ir.expr import GenericConst  # TVM 0.27's relax.const
+
+    from mcc.backends.tvm.common import rewrite_functions
+
+    clips = {}
+    for gvar, func in mod.functions_items():
+        kind = _scalar_bound_kind(func)
+        if kind is not None:
+            clips[gvar] = kind
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    clip = tvm.ir.Op.get("relax.clip")
+    make = {"max": relax.op.maximum, "min": relax.op.minimum}
+    binary = [tvm.ir.Op.get(f"relax.{name}") for name in BINARY_OPS]
+
+    @relax.expr_functor.mutator
+    class Expose(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            if call.op.same_as(clip):  # R.clip has no layout rule either (HardSigmoid's)
+                return self._as_binary(call)
+            if any(call.op.same_as(op) for op in binary):
+                return self._scalar_operands(call)
+            if not (call.op.same_as(call_tir) and isinstance(call.args[0], tvm.ir.GlobalVar)):
+                return call
+            kind = next((k for gvar, k in clips.items() if gvar.same_as(call.args[0])), None)
+            if kind is None or not isinstance(call.args[1], relax.Tuple) or len(call.args[1].fields) != 2:
+                return call
+            return make[kind](*call.args[1].fields)
+
+        def _as_binary(self, call):
+            dtype = str(getattr(call.args[0].ty, "dtype", ""))
+            bounds = [getattr(arg, "value", None) for arg in call.args[1:3]]  # PrimValues
+            bounds = [getattr(bound, "value", bound) for bound in bounds]
+            if not dtype.startswith("float") or any(not isinstance(b, (int, float)) for b in bounds):
+                return call
+            low, high = (relax.const(float(bound), dtype) for bound in bounds)
+            return relax.op.minimum(relax.op.maximum(call.args[0], low), high)
+
+        def _scalar_operands(self, call):
+            # a one-element constant of rank >= 1 (PP-OCRv5's learnable affine blocks: scale and
+            # bias of shape (1,)) stops the layout at a binary op; as a 0-d constant it broadcasts
+            # the same and lets the layout through
+            args = list(call.args)
+            changed = False
+            for index, arg in enumerate(args):
+                other = args[1 - index]
+                if (isinstance(arg, GenericConst) and 0 < arg.value.numpy().ndim <= _rank(other)
+                        and arg.value.numpy().size == 1):
+                    args[index] = relax.const(arg.value.numpy().reshape(()))
+                    changed = True
+            return relax.Call(call.op, args, call.attrs) if changed else call
+
+    return rewrite_functions(mod, Expose(mod))
+
+
+def _rank(expr) -> int:
+    shape = getattr(getattr(expr, "ty", None), "shape", None)
+    try:
+        return len(shape)
+    except TypeError:
+        return -1
+
+
+def _scalar_bound_kind(func) -> str | None:
+    """"max" or "min" when `func` is a PrimFunc computing out = max(A, b) (or min) elementwise
+    with a 0-d `b` of A's type (topi.maximum/minimum against a scalar tensor); else None."""
+    from tvm import s_tir, tirx
+    from tvm.ir.expr import TensorLoad
+
+    if not isinstance(func, tirx.PrimFunc) or len(func.params) != 3:
+        return None
+    try:
+        sch = s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    except Exception:  # not a block-structured kernel
+        return None
+    if len(blocks) != 1:
+        return None
+    store = sch.get(blocks[0]).body
+    if not isinstance(store, tirx.BufferStore) or not isinstance(store.value, (tirx.Max, tirx.Min)):
+        return None
+    a, b = store.value.a, store.value.b
+    if not (isinstance(a, TensorLoad) and isinstance(b, TensorLoad)):
+        return None
+    data, bound, out = func.params
+    if not (a.source.same_as(data) and b.source.same_as(bound) and store.buffer.same_as(out)):
+        return None
+    if len(b.indices) != 0 or len(a.indices) != len(store.indices) or any(
+            not i.same_as(j) for i, j in zip(a.indices, store.indices)):
+        return None
+    return "max" if isinstance(store.value, tirx.Max) else "min"
