@@ -89,7 +89,11 @@ def _make_rewriter(lanes: int):
             out_channels, width = shape[1], shape[-1]
             if width % lanes == 0 or values.dtype != np.dtype(str(call.ty.dtype)):
                 return None
-            extra = -out_channels % lanes
+            # to whole pairs of vectors where that is cheap (1000 -> 1024: a channels-last
+            # tile then holds two vectors of channels per row), else to whole vectors
+            extra = -out_channels % (2 * lanes)
+            if extra > MAX_PADDING_FRACTION * out_channels:
+                extra = -out_channels % lanes
             if extra > MAX_PADDING_FRACTION * out_channels:
                 extra = 0
             columns = extra_columns(width)

@@ -146,6 +146,20 @@ def test_vector_tile_is_a_divisor_that_fits_one_register():
     assert _vector_split(97, 16) == 1  # prime: no tile (the dot-product rule takes such kernels)
 
 
+def test_rows_and_vectors_of_a_tile_give_the_most_multiply_adds_per_load():
+    from mcc.backends.tvm.schedules.cpu import MAX_OUTPUT_VECTOR_ACCUMULATORS, _rows_and_vectors
+
+    assert _rows_and_vectors(13, 64) == (13, 2)  # SqueezeNet's classifier channels-last: 26 FMAs per 15 loads
+    assert _rows_and_vectors(13, 63) == (13, 1)  # no pair of vectors divides 63
+    assert _rows_and_vectors(112, 6) == (8, 3)  # 24 FMAs per 11 loads beats 16 rows x 1 (16 per 17)
+    assert _rows_and_vectors(96, 1) == (16, 1)  # one vector: the most rows, as before
+    for row_extent in range(1, 60):
+        for vectors in range(1, 9):
+            rows, count = _rows_and_vectors(row_extent, vectors)
+            assert row_extent % rows == 0 and vectors % count == 0
+            assert rows * count <= MAX_OUTPUT_VECTOR_ACCUMULATORS
+
+
 def test_non_cpu_targets_are_left_alone():
     import tvm
     from tvm import relax
