@@ -82,23 +82,34 @@ CASES = {
 }
 
 
-def _one_integer_kernel_against_onnxruntime(model, shape, tmp_path):
+def _one_integer_kernel_against_onnxruntime(model, shape, tmp_path, channels_last=None):
     """(artifact output, onnxruntime output) of `model` compiled for the host, after checking that
-    its one quantized op became an integer kernel scheduled by `integer-dot`."""
+    its one quantized op became an integer kernel scheduled by `integer-dot` (and, when given,
+    whether it ran channels-last)."""
     backend = get_backend("tvm-llvm")
     artifact = backend.compile(model, HOST, {"x": shape}, tmp_path / "m.so")
     assert artifact.details["integer_kernels"] == 1
+    if channels_last is not None:
+        assert artifact.details["channels_last_convolutions"] == channels_last
     assert "integer-dot" in artifact.details["default_schedules"].values(), artifact.details["default_schedules"]
     feed = {"x": np.random.default_rng(1).normal(scale=1.5, size=shape).astype(np.float32)}
     return backend.load(artifact.library, model).run(feed)[0], ort_run(model, feed)[0]
 
 
 @needs_vnni
+@pytest.mark.parametrize("layout", ["channels-last", "nchw"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_quantized_convolution_runs_as_integer_kernel_and_matches_onnxruntime(case, tmp_path):
+def test_quantized_convolution_runs_as_integer_kernel_and_matches_onnxruntime(case, layout, tmp_path, monkeypatch):
+    """Both schedules of the integer convolution: channels-last (what layout.py gives a model
+    whose convolutions fill whole vectors) and NCHW (a model it leaves as it is)."""
+    from mcc.backends.tvm import layout as layouts
+
+    if layout == "nchw":
+        monkeypatch.setattr(layouts, "MIN_FULL_VECTOR_SHARE", 1.5)  # nothing converts
     model = qdq_conv(**CASES[case])
     shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
-    got, want = _one_integer_kernel_against_onnxruntime(model, shape, tmp_path)
+    got, want = _one_integer_kernel_against_onnxruntime(model, shape, tmp_path,
+                                                        channels_last=1 if layout == "channels-last" else 0)
     scale = float(np.abs(want).max())
     if CASES[case].get("requantize"):
         # both sides round to the same output grid; a value on a rounding boundary may land one
