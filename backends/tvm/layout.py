@@ -38,6 +38,8 @@ INTEGER_DTYPES = ("uint8", "int8", "int32")
 MIN_FULL_VECTOR_SHARE = 0.8
 #: layout-sensitive ops that stay NCHW (the layout would otherwise flow into them from their input)
 PINNED = {"relax.nn.conv2d_transpose": ("NCHW", "IOHW")}
+#: the integer types a per-tensor quantize is rewritten for, with their ranges
+INTEGER_RANGES = {"int8": (-128, 127), "uint8": (0, 255)}
 #: elementwise binary ops whose one-element constant operands become 0-d
 BINARY_OPS = ("add", "subtract", "multiply", "divide", "maximum", "minimum", "power")
 
@@ -75,6 +77,7 @@ def channels_last(mod, target):
         return mod, 0
     if not counted["converted"]:
         return mod, 0
+    converted = _fold_transposed_pads(converted)
     # the weight transposes, on constants, become constants
     return relax.transform.FoldConstant()(converted), counted["converted"]
 
@@ -138,6 +141,7 @@ def _expose_clip_bounds(mod):
     TVM's `topi.maximum`/`topi.minimum` kernels (call_tir), which layout conversion cannot see
     into, so each ReLU6 or hard-swish of a MobileNet-style model got a transpose on either side
     (PP-OCRv5 cls: 1.19x the time before this)."""
+    import numpy as np
     import tvm
     from tvm import relax
     from tvm.ir.expr import GenericConst  # TVM 0.27's relax.const
@@ -153,6 +157,7 @@ def _expose_clip_bounds(mod):
     clip = tvm.ir.Op.get("relax.clip")
     make = {"max": relax.op.maximum, "min": relax.op.minimum}
     binary = [tvm.ir.Op.get(f"relax.{name}") for name in BINARY_OPS]
+    quantize = tvm.ir.Op.get("relax.quantize")
 
     @relax.expr_functor.mutator
     class Expose(relax.PyExprMutator):
@@ -162,6 +167,8 @@ def _expose_clip_bounds(mod):
                 return self._as_binary(call)
             if any(call.op.same_as(op) for op in binary):
                 return self._scalar_operands(call)
+            if call.op.same_as(quantize):
+                return self._quantize_elementwise(call)
             if not (call.op.same_as(call_tir) and isinstance(call.args[0], tvm.ir.GlobalVar)):
                 return call
             kind = next((k for gvar, k in clips.items() if gvar.same_as(call.args[0])), None)
@@ -177,6 +184,25 @@ def _expose_clip_bounds(mod):
                 return call
             low, high = (relax.const(float(bound), dtype) for bound in bounds)
             return relax.op.minimum(relax.op.maximum(call.args[0], low), high)
+
+        def _quantize_elementwise(self, call):
+            # relax.quantize has no layout rule either: a quantized model's activations were
+            # transposed to NCHW and back around each one. With one scale and zero point it is
+            # what its legalization computes, in ops that have one:
+            # cast(clip(round(x / scale) + zero_point, qmin, qmax))
+            data, scale, zero_point = call.args
+            out_dtype = str(call.attrs.out_dtype)
+            if (out_dtype not in INTEGER_RANGES or str(getattr(data.ty, "dtype", "")) != "float32"
+                    or not all(isinstance(arg, GenericConst) and arg.value.numpy().size == 1
+                               for arg in (scale, zero_point))):
+                return call
+            low, high = INTEGER_RANGES[out_dtype]
+            scale_value = relax.const(scale.value.numpy().reshape(()).astype("float32"))
+            zero = relax.const(np.float32(zero_point.value.numpy().reshape(())))
+            rounded = relax.op.add(relax.op.round(relax.op.divide(data, scale_value)), zero)
+            clipped = relax.op.minimum(relax.op.maximum(rounded, relax.const(np.float32(low))),
+                                       relax.const(np.float32(high)))
+            return relax.op.astype(clipped, out_dtype)
 
         def _scalar_operands(self, call):
             # a one-element constant of rank >= 1 (PP-OCRv5's learnable affine blocks: scale and
@@ -231,3 +257,44 @@ def _scalar_bound_kind(func) -> str | None:
             not i.same_as(j) for i, j in zip(a.indices, store.indices)):
         return None
     return "max" if isinstance(store.value, tirx.Max) else "min"
+
+
+def _fold_transposed_pads(mod):
+    """permute_dims(pad(permute_dims(x, p)), p^-1) -> pad(x) with the pad widths permuted.
+    `nn.pad` has no layout rule in TVM 0.27, so the zero-point padding integer.py puts before a
+    quantized convolution was transposed back to NCHW and forth."""
+    import tvm
+    from tvm import relax
+
+    from mcc.backends.tvm.common import bound_value, rewrite_functions
+
+    permute = tvm.ir.Op.get("relax.permute_dims")
+    pad = tvm.ir.Op.get("relax.nn.pad")
+
+    def axes_of(call):
+        axes = call.attrs.axes
+        return None if axes is None else [int(axis) for axis in axes]
+
+    @relax.expr_functor.mutator
+    class Fold(relax.PyExprMutator):
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            if not call.op.same_as(permute):
+                return call
+            padded = bound_value(self, call.args[0])
+            if not (isinstance(padded, relax.Call) and padded.op.same_as(pad)):
+                return call
+            inner = bound_value(self, padded.args[0])
+            if not (isinstance(inner, relax.Call) and inner.op.same_as(permute)):
+                return call
+            first, second = axes_of(inner), axes_of(call)
+            if first is None or second is None or [first[axis] for axis in second] != list(range(len(first))):
+                return call
+            widths = [int(width) for width in padded.attrs.pad_width]
+            pairs = [None] * len(first)
+            for axis, source in enumerate(first):  # the padded tensor's axis `axis` is x's `source`
+                pairs[source] = widths[2 * axis:2 * axis + 2]
+            return relax.op.nn.pad(inner.args[0], [width for pair in pairs for width in pair],
+                                   pad_mode=str(padded.attrs.pad_mode), pad_value=float(padded.attrs.pad_value))
+
+    return rewrite_functions(mod, Fold(mod))

@@ -140,3 +140,30 @@ def test_only_scalar_bound_max_min_kernels_are_exposed(kind):
     other = te.placeholder((1, 4, 5, 5), name="o")
     assert _scalar_bound_kind(te.create_prim_func([x, scalar, op(x, scalar)])) == kind
     assert _scalar_bound_kind(te.create_prim_func([x, other, op(x, other)])) is None
+
+
+def test_a_quantized_convolution_between_float_ones_keeps_the_layout(tmp_path):
+    """float conv -> QuantizeLinear -> DequantizeLinear -> quantized conv (an integer kernel on
+    VNNI CPUs, a float one elsewhere): the per-tensor quantize becomes elementwise ops the layout
+    flows through, so only the model's input and output are transposed."""
+    rng = np.random.default_rng(3)
+    wq = rng.integers(-127, 128, size=(32, 16, 3, 3)).astype(np.int8)
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("QuantizeLinear", ["r", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"]),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w1"], axis=0),
+             helper.make_node("Conv", ["dq", "w1"], ["y"], pads=[1, 1, 1, 1])]
+    initializers = {"w0": _weights(16, 3, 3, 3, seed=1), "b0": _weights(16, seed=2),
+                    "s": np.array(0.02, np.float32), "z": np.array(-3, np.int8), "wq": wq,
+                    "ws": np.full(32, 0.004, np.float32), "wz": np.zeros(32, np.int8)}
+    graph = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+                              initializer=[numpy_helper.from_array(v, k) for k, v in initializers.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    # a value on a rounding boundary may quantize one step apart when a float's last bit differs
+    artifact = _compile_and_compare(model, tmp_path, rtol=0, atol=0.02 * 0.004 * 16 * 9 * 127)
+    assert artifact.details["channels_last_convolutions"] == 2
+    assert _transposes_in_main(model) == 2
