@@ -53,7 +53,6 @@ def channels_last(mod, target):
     share = full_vector_share(mod, CpuInfo.from_target(target).lanes(32))
     if share is None or share < MIN_FULL_VECTOR_SHARE:
         return mod, 0
-    import tvm
     from tvm import relax
 
     counted = {"converted": 0}
@@ -68,7 +67,7 @@ def channels_last(mod, target):
             return {"relax.nn.conv2d": ["NHWC", "OHWI"]}
         return {"relax.nn.conv2d": ["NCHW", "OIHW"]}  # pinned: the layout does not flow into it
 
-    mod = _expose_clip_bounds(mod)
+    mod = _layout_transparent_ops(mod)
     try:
         converted = relax.transform.ConvertLayout({}, layout_cb=desired)(mod)
     except RuntimeError:  # tvm.error.InternalError and the other TVM errors
@@ -136,8 +135,11 @@ def _converts(call) -> bool:
     return tuple(types) == INTEGER_DTYPES and int(attrs.groups) == 1
 
 
-def _expose_clip_bounds(mod):
-    """The ONNX frontend's Clip as Relax `maximum`/`minimum` ops: it emits them as calls to
+def _layout_transparent_ops(mod):
+    """Ops the layout cannot pass rewritten into ones it can (TVM 0.27 has no layout rule for
+    them): per-tensor `quantize` as its elementwise formula, `R.clip` and one-element constants
+    of rank >= 1 as binary ops with 0-d bounds, and the ONNX frontend's Clip as Relax
+    `maximum`/`minimum` ops: it emits them as calls to
     TVM's `topi.maximum`/`topi.minimum` kernels (call_tir), which layout conversion cannot see
     into, so each ReLU6 or hard-swish of a MobileNet-style model got a transpose on either side
     (PP-OCRv5 cls: 1.19x the time before this)."""
