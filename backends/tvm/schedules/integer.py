@@ -125,23 +125,27 @@ def integer_dot(sch, cpu: base.CpuInfo) -> bool:
     if kinds.count("R") == 1 and kinds.endswith("R") and weight_vars[-2:] == [1, 0]:
         # the legalized matmul: out[..., m, n] += data[..., m, k] * weight[k, n]
         return _integer_matmul(sch, cpu, anchor, producers, consumers, data_index, weight_index)
-    if weight_vars == [None, None, None, 0, 1, 2, 3]:
-        # the legalized conv2d_nhwc (channels-last, layout.py): out[n, y, x, o] +=
-        # data[n, y*s + ky, x*s + kx, c] * weight[o, ky, kx, c]
-        return _integer_conv_nhwc(sch, cpu, anchor, producers, consumers, data_index, weight_index)
+    # the legalized conv2d_nhwc (channels-last, layout.py): out[n, y, x, o] +=
+    # data[n, y*s + ky, x*s + kx, c] * weight[o, ky, kx, c]
+    channels_last = weight_vars == [None, None, None, 0, 1, 2, 3]
     # the legalized conv2d_nchw: out[n, o, y, x] += data[n, c, y*s + ky, x*s + kx] * weight[o, c, ky, kx]
-    if weight_vars != [None, 0, None, None, 1, 2, 3]:
+    if not channels_last and weight_vars != [None, 0, None, None, 1, 2, 3]:
         return False
     extents = [base._int_extent(sch, loop) for loop in sch.get_loops(anchor)]
     if None in extents:
         return False
-    _, out_channels, height, width, in_channels, _, _ = extents
+    if channels_last:
+        _, height, width, out_channels, _, _, in_channels = extents
+    else:
+        _, out_channels, height, width, in_channels, _, _ = extents
     if out_channels % LANES or in_channels % GROUP:
         return False
     _register_intrinsic()
     from tvm.tirx import IndexMap
 
     kept, consumers = base.inline_stages(sch, anchor, producers, consumers)
+    if channels_last:
+        return _integer_conv_nhwc(sch, cpu, anchor, kept, consumers, weight_index, out_channels, height, width)
 
     # input channels in groups of 4 innermost: the padding stage writes them so, or a copy does
     data = sch.get(anchor).reads[data_index].source
@@ -154,10 +158,7 @@ def integer_dot(sch, cpu: base.CpuInfo) -> bool:
     # iterate in the written order: each pixel's 4 channels stored together, not byte by byte
     # 4 bytes apart
     sch.transform_block_layout(relayout, to_groups)
-    packer = sch.cache_read(anchor, weight_index, "global")
-    sch.annotate(packer, base.RELAYOUT_ANNOTATION, 1)
-    sch.transform_layout(anchor, ("read", weight_index),
-                         IndexMap.from_func(lambda o, c, y, x: (o // 16, c // 4, y, x, o % 16, c % 4), ndim=4))
+    _pack_weights(sch, anchor, weight_index, lambda o, c, y, x: (o // 16, c // 4, y, x, o % 16, c % 4))
     writeback = sch.cache_write(anchor, 0, "local")
     sch.transform_layout(anchor, ("write", 0), IndexMap.from_func(lambda n, o, y, x: (n, y, x, o), ndim=4))
     unfused = base.inline_epilogue(sch, consumers, output.shape)
@@ -200,6 +201,17 @@ def integer_dot(sch, cpu: base.CpuInfo) -> bool:
     return True
 
 
+def _pack_weights(sch, anchor, weight_index: int, relayout) -> None:
+    """The int8 weights re-laid out by `relayout` (index -> packed index) in a block Relax splits out
+    and folds on the constant at compile time."""
+    from tvm.tirx import IndexMap
+
+    packer = sch.cache_read(anchor, weight_index, "global")
+    sch.annotate(packer, base.RELAYOUT_ANNOTATION, 1)
+    ndim = len(sch.get(anchor).reads[weight_index].region)
+    sch.transform_layout(anchor, ("read", weight_index), IndexMap.from_func(relayout, ndim=ndim))
+
+
 def _tensorize_tile(sch, cpu: base.CpuInfo, anchor, writeback, unfused, fused, first_reduction, unrolled,
                     lanes) -> list:
     """The common end of both convolution layouts: the writeback (and a slicing epilogue: padded
@@ -218,26 +230,14 @@ def _tensorize_tile(sch, cpu: base.CpuInfo, anchor, writeback, unfused, fused, f
     return tiled_epilogue
 
 
-def _integer_conv_nhwc(sch, cpu: base.CpuInfo, anchor, producers, consumers, data_index: int,
-                       weight_index: int) -> bool:
-    """The channels-last convolution: each pixel's input channels are already contiguous, so 4 of
-    them are the intrinsic's operand as they are (no re-layout of the input), and the
-    accumulators [pixel][16 channels] are stored as contiguous vectors."""
-    extents = [base._int_extent(sch, loop) for loop in sch.get_loops(anchor)]
-    if None in extents:
-        return False
-    _, height, width, out_channels, _, _, in_channels = extents
-    if out_channels % LANES or in_channels % GROUP:
-        return False
-    _register_intrinsic()
-    from tvm.tirx import IndexMap
-
-    kept, consumers = base.inline_stages(sch, anchor, producers, consumers)
+def _integer_conv_nhwc(sch, cpu: base.CpuInfo, anchor, kept, consumers, weight_index: int, out_channels: int,
+                       height: int, width: int) -> bool:
+    """The channels-last convolution (its producers already inlined, `kept` the stages that were
+    not): each pixel's input channels are already contiguous, so 4 of them are the intrinsic's
+    operand as they are (no re-layout of the input), and the accumulators [pixel][16 channels]
+    are stored as contiguous vectors."""
     output = sch.get(anchor).writes[0].source
-    packer = sch.cache_read(anchor, weight_index, "global")
-    sch.annotate(packer, base.RELAYOUT_ANNOTATION, 1)
-    sch.transform_layout(anchor, ("read", weight_index),
-                         IndexMap.from_func(lambda o, y, x, c: (o // 16, y, x, c // 4, o % 16, c % 4), ndim=4))
+    _pack_weights(sch, anchor, weight_index, lambda o, y, x, c: (o // 16, y, x, c // 4, o % 16, c % 4))
     writeback = sch.cache_write(anchor, 0, "local")
     unfused = base.inline_epilogue(sch, consumers, output.shape)
 
@@ -263,8 +263,6 @@ def _integer_conv_nhwc(sch, cpu: base.CpuInfo, anchor, producers, consumers, dat
 def _integer_matmul(sch, cpu: base.CpuInfo, anchor, producers, consumers, data_index: int, weight_index: int) -> bool:
     """uint8 [..., M, K] x int8 [K, N] -> int32: weights packed [N/16, K/4, 16, 4], the data read
     as is (4 consecutive K values are contiguous), a tile of rows x 16-column vectors."""
-    from tvm.tirx import IndexMap
-
     loops = sch.get_loops(anchor)
     extents = [base._int_extent(sch, loop) for loop in loops]
     if None in extents:
@@ -278,10 +276,7 @@ def _integer_matmul(sch, cpu: base.CpuInfo, anchor, producers, consumers, data_i
     _, consumers = base.inline_stages(sch, anchor, [], consumers)
     output = sch.get(anchor).writes[0].source
 
-    packer = sch.cache_read(anchor, weight_index, "global")
-    sch.annotate(packer, base.RELAYOUT_ANNOTATION, 1)
-    sch.transform_layout(anchor, ("read", weight_index),
-                         IndexMap.from_func(lambda k, n: (n // 16, k // 4, n % 16, k % 4), ndim=2))
+    _pack_weights(sch, anchor, weight_index, lambda k, n: (n // 16, k // 4, n % 16, k % 4))
     writeback = sch.cache_write(anchor, 0, "local")
     unfused = base.inline_epilogue(sch, consumers, output.shape)
 
