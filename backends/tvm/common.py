@@ -99,6 +99,26 @@ def rewrite_functions(mod, rewriter):
     return mod
 
 
+def use_counts(mod) -> dict:
+    """How many times each Relax variable is read, over all functions of `mod`."""
+    from tvm import relax
+
+    counts: dict = {}
+
+    @relax.expr_functor.visitor
+    class Counter(relax.PyExprVisitor):
+        def visit_var_(self, var):
+            counts[var] = counts.get(var, 0) + 1
+
+        def visit_dataflow_var_(self, var):
+            counts[var] = counts.get(var, 0) + 1
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            Counter().visit_expr(func)
+    return counts
+
+
 def bound_value(mutator, expr):
     """The expression a dataflow variable is bound to (`expr` itself when it is none)."""
     from tvm import relax

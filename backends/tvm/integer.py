@@ -24,10 +24,14 @@ Matmuls the same way: `matmul(dequantize(xq), dequantize(Wq [K, N], axis=1))`, o
 `permute_dims(dequantize(Wq [N, K], axis=0))`, become a uint8 x int8 -> int32 matmul with the
 per-column epilogue float(acc) * sx * sw[n] - sx * sw[n] * zu * sum_k Wq[k, n].
 
+Before that rewrite, a per-tensor quantize moves above the channel concatenations and max
+poolings it reads (`_make_hoister`), so it fuses into the epilogue of the convolution before it,
+and int8 activations are quantized to uint8 directly (zero point + 128) rather than converted.
+
 Shapes the kernels need: input channels (the reduction K) a multiple of 4 (a VNNI group) and
 output channels (columns) a multiple of 16 (one vector of int32 lanes); others are padded with zero
-weights (and the output sliced back); an output width with no divisor from 6 to 24 is computed a
-few columns wider; ungrouped NCHW/OIHW convolutions with scalar activation quantization and zero
+weights (and the output sliced back); an output width without a divisor that gives the register
+tile many multiply-adds per load is computed a few columns wider; ungrouped NCHW/OIHW convolutions with scalar activation quantization and zero
 weight zero points. Anything else keeps TVM's float lowering.
 """
 
@@ -39,9 +43,8 @@ import numpy as np
 CHANNEL_BLOCK = 16
 #: input channels one VNNI multiply-add reduces per lane
 REDUCTION_GROUP = 4
-#: fewest output pixels of one register tile: a prime output width (1-pixel tiles store each
-#: result to another cache line: squeezenet's first convolution, 109 wide, ran slower than float)
-MIN_PIXEL_TILE = 6
+#: most output columns added to give the register tile a better divisor (integer schedule)
+MAX_EXTRA_COLUMNS = 7
 
 
 def target_has_integer_dot(target) -> bool:
@@ -54,15 +57,21 @@ def target_has_integer_dot(target) -> bool:
         return False
 
 
-def _extra_columns(width: int) -> int:
-    """Columns to add so the output width has a divisor the integer schedule can tile by (0 when
-    it has one, and for narrow outputs: a 1-D convolution's width of 1 is tiled along its height)."""
-    if width < 2 * MIN_PIXEL_TILE:
+def _extra_columns(width: int, out_channels: int) -> int:
+    """Columns to add so the integer schedule's register tile does the most useful multiply-adds
+    per load (`schedules/integer.py`, `register_tile`): a width with no good divisor (a prime one
+    gives 1-pixel tiles, each result stored to another cache line) is computed a few columns wider.
+    0 for narrow outputs: a 1-D convolution's width of 1 is tiled along its height."""
+    from mcc.backends.tvm.schedules.integer import multiply_adds_per_load
+
+    if width < 2:
         return 0
-    for extra in range(0, 8):
-        if any((width + extra) % tile == 0 for tile in range(MIN_PIXEL_TILE, 25)):
-            return extra
-    return 0
+    blocks = -(-out_channels // CHANNEL_BLOCK)
+
+    def useful(extra: int) -> float:
+        return multiply_adds_per_load(blocks * CHANNEL_BLOCK, width + extra) * width / (width + extra)
+
+    return max(range(MAX_EXTRA_COLUMNS + 1), key=lambda extra: (useful(extra), -extra))
 
 
 def _constant(expr):
@@ -77,10 +86,75 @@ def lower_quantized_kernels(mod, target):
     unchanged when the target has no integer dot product or nothing matches."""
     if not target_has_integer_dot(target):
         return mod, 0
-    from mcc.backends.tvm.common import rewrite_functions
+    from mcc.backends.tvm.common import rewrite_functions, use_counts
 
+    for _ in range(8):  # a quantize moved above a pooling meets the concatenation next round
+        hoister = _make_hoister(use_counts(mod))(mod)
+        mod = rewrite_functions(mod, hoister)
+        if not hoister.count:
+            break
     rewriter = _make_rewriter()(mod)
     return rewrite_functions(mod, rewriter), rewriter.count
+
+
+def _per_tensor(quantize) -> bool:
+    """Whether a relax.quantize has one constant scale and zero point."""
+    return all(value is not None and value.size == 1 for value in (_constant(arg) for arg in quantize.args[1:]))
+
+
+def _make_hoister(uses: dict):
+    """A mutator that moves per-tensor quantizes above the channel concatenations and max poolings
+    they read (only they):
+
+        quantize(concat([a, b])) = concat([quantize(a), quantize(b)])
+        quantize(max_pool2d(x))  = max_pool2d(quantize(x))
+
+    Both are exact: quantize is elementwise with one scale, and monotone (never decreasing), and
+    an integer max pool pads with its type's lowest value as a float one pads with -inf. The
+    quantize then fuses into the epilogue of the convolution before it, which writes 1-byte
+    integers instead of 4-byte floats, and the concatenation and the pooling move a quarter of
+    the bytes (SqueezeNet int8: its first convolution's float output was written, pooled, read
+    and quantized in a separate pass)."""
+    import tvm
+    from tvm import relax
+
+    from mcc.backends.tvm.common import bound_value
+
+    quantize_op = tvm.ir.Op.get("relax.quantize")
+    concat_op = tvm.ir.Op.get("relax.concat")
+    max_pool_op = tvm.ir.Op.get("relax.nn.max_pool2d")
+
+    @relax.expr_functor.mutator
+    class QuantizeHoister(relax.PyExprMutator):
+        def __init__(self, mod):
+            super().__init__(mod)
+            self.count = 0
+
+        def visit_call_(self, call):
+            original = call
+            call = self.visit_expr_post_order(call)
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.same_as(quantize_op) and _per_tensor(call)):
+                return call
+            source = original.args[0]
+            if not isinstance(source, relax.Var) or uses.get(source, 0) != 1:
+                return call
+            producer = bound_value(self, call.args[0])
+            if not isinstance(producer, relax.Call) or not isinstance(producer.op, tvm.ir.Op):
+                return call
+
+            def quantized(value):
+                return self.builder_.emit(relax.Call(call.op, [value, *call.args[1:]], call.attrs))
+
+            if producer.op.same_as(max_pool_op):
+                self.count += 1
+                return relax.Call(producer.op, [quantized(producer.args[0])], producer.attrs)
+            if producer.op.same_as(concat_op) and isinstance(producer.args[0], relax.Tuple):
+                self.count += 1
+                return relax.Call(producer.op, [relax.Tuple([quantized(part) for part in producer.args[0].fields])],
+                                  producer.attrs)
+            return call
+
+    return QuantizeHoister
 
 
 def _make_rewriter():
@@ -93,12 +167,16 @@ def _make_rewriter():
     matmul_op = tvm.ir.Op.get("relax.matmul")
     permute_dims_op = tvm.ir.Op.get("relax.permute_dims")
     dequantize_op = tvm.ir.Op.get("relax.dequantize")
+    quantize_op = tvm.ir.Op.get("relax.quantize")
+    concat_op = tvm.ir.Op.get("relax.concat")
+    max_pool_op = tvm.ir.Op.get("relax.nn.max_pool2d")
 
     @relax.expr_functor.mutator
     class QuantizedKernelRewriter(relax.PyExprMutator):
         def __init__(self, mod):
             super().__init__(mod)
             self.count = 0
+            self.unsigned = {}  # int8 activation -> its uint8 version
 
         def _producer(self, expr):
             return bound_value(self, expr)
@@ -127,11 +205,32 @@ def _make_rewriter():
             return xq, float(sx.reshape(())), int(zx.reshape(())), dtype
 
         def _to_uint8(self, xq, dtype):
-            """uint8 activations, what vpdpbusd's unsigned operand needs (+ 128 for int8)."""
+            """uint8 activations, what vpdpbusd's unsigned operand needs (+ 128 for int8): a
+            per-tensor quantize to int8 becomes one to uint8 with the zero point + 128, and a
+            concatenation or max pooling of such the same of their uint8 versions (+ 128 is
+            monotone); else a cast. Each int8 tensor is converted once."""
             if dtype == "uint8":
                 return xq
-            return self.builder_.emit(relax.op.astype(
-                relax.op.add(relax.op.astype(xq, "int16"), relax.const(128, "int16")), "uint8"))
+            if xq in self.unsigned:
+                return self.unsigned[xq]
+            producer = self._producer(xq)
+            converted = None
+            if isinstance(producer, relax.Call) and isinstance(producer.op, tvm.ir.Op):
+                if producer.op.same_as(quantize_op) and _per_tensor(producer):
+                    zero_point = int(_constant(producer.args[2]).reshape(())) + 128
+                    converted = relax.op.quantize(producer.args[0], producer.args[1],
+                                                  relax.const(zero_point, "uint8"),
+                                                  axis=int(producer.attrs.axis), out_dtype="uint8")
+                elif producer.op.same_as(max_pool_op):
+                    converted = relax.Call(producer.op, [self._to_uint8(producer.args[0], dtype)], producer.attrs)
+                elif producer.op.same_as(concat_op) and isinstance(producer.args[0], relax.Tuple):
+                    converted = relax.Call(producer.op, [relax.Tuple(
+                        [self._to_uint8(part, dtype) for part in producer.args[0].fields])], producer.attrs)
+            if converted is None:
+                converted = relax.op.astype(
+                    relax.op.add(relax.op.astype(xq, "int16"), relax.const(128, "int16")), "uint8")
+            self.unsigned[xq] = self.builder_.emit(converted)
+            return self.unsigned[xq]
 
         def _integer_matmul(self, call):
             """matmul(dequantize(xq), W) with W = dequantize(Wq [K, N], axis 1) or
@@ -210,11 +309,11 @@ def _make_rewriter():
             dilation = [int(v) for v in attrs.dilation]
             # input channels to a multiple of 4 (an RGB image's 3): a zero weight for each added one
             extra_channels = -in_channels % REDUCTION_GROUP
-            # an output width with no register-tile divisor (squeezenet's first 109) is computed
-            # a few columns wider and sliced back
+            # an output width with no good register-tile divisor (squeezenet's first 111) is
+            # computed a few columns wider and sliced back
             in_width = int(xq.ty.shape[3])
             width = (in_width + padding[1] + padding[3] - dilation[1] * (wq.shape[3] - 1) - 1) // strides[1] + 1
-            extra_columns = _extra_columns(width)
+            extra_columns = _extra_columns(width, out_channels)
             padding[3] += extra_columns * strides[1]
             if (any(padding) and zu != 0) or extra_channels:
                 # padding the float input with 0 is padding the integers with the zero point

@@ -203,3 +203,112 @@ def test_float_channel_padding_leaves_a_quantized_weight_alone():
     generic = tvm.target.Target({"kind": "llvm", "mcpu": "x86-64", "num-cores": 2})
     _, count = channels.pad_output_channels(mod, generic)
     assert count == 0
+
+
+def qdq_fire(seed=0):
+    """A SqueezeNet Fire module as quantize-int8 writes it: two quantized expand convolutions
+    (1x1 and 3x3) -> Relu -> Concat -> MaxPool -> QuantizeLinear -> DequantizeLinear -> a
+    quantized 1x1 squeeze convolution -> Relu."""
+    rng = np.random.default_rng(seed)
+    inits = {"x_scale": np.array(0.02, np.float32), "x_zp": np.array(-3, np.int8),
+             "p_scale": np.array(0.04, np.float32), "p_zp": np.array(-128, np.int8)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zp"], ["xd"])]
+
+    def conv(name, source, in_channels, out_channels, kernel):
+        weight = rng.normal(scale=0.3, size=(out_channels, in_channels, kernel, kernel))
+        scale = np.abs(weight).reshape(out_channels, -1).max(axis=1) / 127
+        inits[f"{name}_q"] = np.round(weight / scale[:, None, None, None]).astype(np.int8)
+        inits[f"{name}_s"] = scale.astype(np.float32)
+        inits[f"{name}_z"] = np.zeros(out_channels, np.int8)
+        inits[f"{name}_b"] = rng.normal(scale=0.5, size=out_channels).astype(np.float32)
+        nodes.extend([
+            helper.make_node("DequantizeLinear", [f"{name}_q", f"{name}_s", f"{name}_z"], [f"{name}_w"], axis=0),
+            helper.make_node("Conv", [source, f"{name}_w", f"{name}_b"], [f"{name}_c"], pads=[kernel // 2] * 4),
+            helper.make_node("Relu", [f"{name}_c"], [f"{name}_r"])])
+        return f"{name}_r"
+
+    parts = [conv("e1", "xd", 16, 64, 1), conv("e3", "xd", 16, 64, 3)]
+    nodes += [helper.make_node("Concat", parts, ["cat"], axis=1),
+              helper.make_node("MaxPool", ["cat"], ["pool"], kernel_shape=[3, 3], strides=[2, 2]),
+              helper.make_node("QuantizeLinear", ["pool", "p_scale", "p_zp"], ["pq"]),
+              helper.make_node("DequantizeLinear", ["pq", "p_scale", "p_zp"], ["pd"])]
+    last = conv("sq", "pd", 128, 16, 1)  # int32 partial sums: 16 x 4 bytes < 128 x 1 per pixel
+    nodes.append(helper.make_node("Identity", [last], ["y"]))
+    graph = helper.make_graph(nodes, "fire", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 23, 23])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+                              initializer=[numpy_helper.from_array(a, n) for n, a in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _calls(mod) -> list[tuple[str, str]]:
+    """(op name, result dtype) of each operator call in `mod`'s main function, in order."""
+    import tvm
+    from tvm import relax
+
+    calls = []
+
+    @relax.expr_functor.visitor
+    class Calls(relax.PyExprVisitor):
+        def visit_call_(self, call):
+            for arg in call.args:
+                self.visit_expr(arg)
+            if isinstance(call.op, tvm.ir.Op):
+                calls.append((call.op.name, str(getattr(call.ty, "dtype", ""))))
+
+    Calls().visit_expr(mod["main"])
+    return calls
+
+
+@needs_vnni
+def test_requantization_moves_above_concatenation_and_pooling(tmp_path):
+    """The quantize after Concat -> MaxPool moves above both (exact: elementwise with one scale,
+    and monotone), to uint8 directly (zero point + 128): the expand convolutions' epilogues write
+    uint8, the concatenation and the pooling move bytes, and the squeeze convolution's integer
+    kernel is distributed over the concatenated parts (partial int32 sums add exactly). The
+    artifact computes what onnxruntime computes on the QDQ model."""
+    from mcc.backends.tvm import common
+    from mcc.backends.tvm.llvm import rewrite_for_target
+
+    model = qdq_fire()
+    lowered, count = lower_quantized_kernels(common.import_onnx(model, {"x": (1, 16, 23, 23)}), HOST)
+    assert count == 3
+    calls = _calls(lowered)
+    assert ("relax.concat", "uint8") in calls and ("relax.nn.max_pool2d", "uint8") in calls, calls
+    assert not any(op in ("relax.concat", "relax.nn.max_pool2d") and dtype == "float32" for op, dtype in calls)
+    # quantizes to uint8 only: no int8 -> int16 -> uint8 conversion is left
+    assert ("relax.quantize", "int8") not in calls and ("relax.astype", "int16") not in calls, calls
+
+    rewritten, details = rewrite_for_target(common.import_onnx(model, {"x": (1, 16, 23, 23)}), HOST)
+    assert details["integer_kernels"] == 3
+    calls = _calls(rewritten)
+    assert not any(op == "relax.concat" for op, _ in calls), calls  # pooled per part, then distributed
+    assert sum(op == "relax.nn.conv2d" for op, _ in calls) == 4
+
+    backend = get_backend("tvm-llvm")
+    artifact = backend.compile(model, HOST, {"x": (1, 16, 23, 23)}, tmp_path / "fire.so")
+    feed = {"x": np.random.default_rng(1).normal(scale=1.0, size=(1, 16, 23, 23)).astype(np.float32)}
+    got, want = backend.load(artifact.library, model).run(feed)[0], ort_run(model, feed)[0]
+    # the integer sums are exact; an intermediate value on a rounding boundary of the requantized
+    # activations may land one step apart when the float epilogue's last bit differs
+    assert np.mean(np.abs(got - want) > 1e-4 * np.abs(want).max()) < 0.01
+    np.testing.assert_allclose(got, want, atol=0.05 * float(np.abs(want).max()))
+
+
+def test_integer_register_tile_favours_multiply_adds_per_load():
+    """SqueezeNet's first convolution (64 filters, 111 wide, a short 3x3x4 reduction): the tile
+    with the most accumulators (1 vector x 16 pixels on 112 columns) ran 1.07 ms, 4 vectors x 6
+    pixels on 114 columns 0.43 ms. Widths with a good divisor get no extra columns; a 1-D
+    convolution's width of 1 none."""
+    from mcc.backends.tvm.integer import _extra_columns
+    from mcc.backends.tvm.schedules.integer import register_tile
+
+    assert _extra_columns(111, 64) == 3 and register_tile(64, 114) == (4, 6)
+    assert _extra_columns(55, 64) == 0 and register_tile(64, 55) == (4, 5)
+    assert _extra_columns(1, 64) == 0 and register_tile(64, 1) == (4, 1)
+    assert register_tile(16, 24) == (1, 24)  # one vector: all accumulators on pixels
+    for width in (37, 97, 111):  # primes and 3 x 37: never 1-pixel tiles after the extra columns
+        assert register_tile(64, width + _extra_columns(width, 64))[1] > 1
