@@ -180,6 +180,9 @@ MATMUL_CASES = {
     "dense_2d": dict(rows=8, depth=64, columns=32),
     "batched_3d_odd_sizes": dict(rows=5, depth=30, columns=20, batch=2),  # K padded to 32, N to 32
     "gemm_transb_one_row": dict(rows=1, depth=96, columns=48, gemm=True),
+    # more weights than data (PP-OCRv5 rec's classifier in small): the row tiles of one block of
+    # columns run one after another, 4 rows x 5 vectors
+    "classifier_rows_inner": dict(rows=40, depth=120, columns=1200, batch=1),
 }
 
 
@@ -310,5 +313,6 @@ def test_integer_register_tile_favours_multiply_adds_per_load():
     assert _extra_columns(55, 64) == 0 and register_tile(64, 55) == (4, 5)
     assert _extra_columns(1, 64) == 0 and register_tile(64, 1) == (4, 1)
     assert register_tile(16, 24) == (1, 24)  # one vector: all accumulators on pixels
+    assert register_tile(18400, 40) == (5, 4)  # PP-OCRv5 rec's classifier: 40 rows, 1150 vectors
     for width in (37, 97, 111):  # primes and 3 x 37: never 1-pixel tiles after the extra columns
         assert register_tile(64, width + _extra_columns(width, 64))[1] > 1

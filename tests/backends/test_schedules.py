@@ -92,7 +92,22 @@ def scatter_then_packed_conv():
     return _model(nodes, [("x", (32 * 13, 13))], "y", inits)
 
 
+def classifier_softmax():
+    """PP-OCRv5 rec's head in small: 40 time steps x 120 features -> 2005 classes (no divisor
+    filling a vector: padded to 2016), a bias, a softmax over the classes."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["a"]),
+             helper.make_node("Softmax", ["a"], ["y"], axis=2)]
+    return _model(nodes, [("x", (1, 40, 120))], "y", {"w": _weights(120, 2005), "b": _weights(2005)})
+
+
+def long_softmax():
+    """A softmax over 2048 contiguous values per row: summed in vector lanes (`rfactor`)."""
+    return _model([helper.make_node("Softmax", ["x"], ["y"], axis=2)], [("x", (1, 6, 2048))], "y", {})
+
+
 CASES = {
+    "classifier_softmax": (classifier_softmax, "tile-reduction"),
+    "long_softmax": (long_softmax, "reduction"),
     "conv_bias_relu": (conv_bias_relu, "tile-reduction"),
     "depthwise_stride2": (depthwise_stride2, "tile-reduction"),
     "grouped_conv_odd_width": (grouped_conv_odd_width, "tile-reduction"),
@@ -222,3 +237,30 @@ def test_extra_columns_only_for_wide_outputs_without_a_tile_divisor():
     from mcc.backends.tvm.channels import extra_columns
 
     assert [extra_columns(w) for w in (13, 23, 24, 55, 56, 97, 109, 113, 224)] == [0, 0, 0, 0, 0, 1, 1, 4, 0]
+
+
+def _scheduled(model, name_part: str, prepacked: bool = False):
+    """The scheduled PrimFunc of `model`'s kernel whose name contains `name_part`."""
+    from mcc.backends.tvm import common, llvm
+
+    shapes = {value.name: tuple(d.dim_value for d in value.type.tensor_type.shape.dim) for value in model.graph.input}
+    mod, _ = llvm.lower(common.import_onnx(model, shapes), load_target("host").tvm(), use_tuning_records=False)
+    return next(func for gvar, func in mod.functions_items() if name_part in gvar.name_hint
+                and gvar.name_hint.endswith("_prepacked") == prepacked)
+
+
+def test_classifier_weights_are_read_as_panels_and_its_epilogue_per_tile():
+    """The classifier's weights [120, 2016] (rows 8 KB apart) become panels [2016 / P, 120, P] of
+    the tile's P columns (a multiple of the vector), folded at compile time; cutting off the padded columns and adding the bias
+    run per tile, not as two more passes over the output."""
+    func = _scheduled(classifier_softmax(), "matmul", prepacked=True)
+    shapes = [[int(d) for d in param.ty.shape] for param in func.params]
+    panels = [shape for shape in shapes if len(shape) == 3 and shape[1] == 120]
+    assert len(panels) == 1 and panels[0][0] * panels[0][2] == 2016 and panels[0][2] % 16 == 0, shapes
+    # one loop nest (the parallel tiles) at the root: no separate copy or bias pass
+    assert func.body.block.body.__class__.__name__ == "For", func.script()
+
+
+def test_long_softmax_sums_in_vector_lanes():
+    func = _scheduled(long_softmax(), "softmax")
+    assert "_rf" in func.script()
