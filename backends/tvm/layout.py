@@ -48,12 +48,17 @@ def channels_last(mod, target):
     """(module, number of convolutions converted to NHWC); unchanged for non-CPU targets."""
     if target.kind.name != "llvm":
         return mod, 0
+    from tvm import relax
+
     from mcc.backends.tvm.schedules.cpu import CpuInfo
 
-    share = full_vector_share(mod, CpuInfo.from_target(target).lanes(32))
+    # dequantized constant weights (a quantized model's depthwise convolutions, which stay float)
+    # folded to the constants the rule converts: otherwise each stayed NCHW between two
+    # channels-last integer kernels, a transpose pair around it
+    exposed = relax.transform.FoldConstant()(_layout_transparent_ops(mod))
+    share = full_vector_share(exposed, CpuInfo.from_target(target).lanes(32))
     if share is None or share < MIN_FULL_VECTOR_SHARE:
         return mod, 0
-    from tvm import relax
 
     counted = {"converted": 0}
 
@@ -67,9 +72,8 @@ def channels_last(mod, target):
             return {"relax.nn.conv2d": ["NHWC", "OHWI"]}
         return {"relax.nn.conv2d": ["NCHW", "OIHW"]}  # pinned: the layout does not flow into it
 
-    mod = _layout_transparent_ops(mod)
     try:
-        converted = relax.transform.ConvertLayout({}, layout_cb=desired)(mod)
+        converted = relax.transform.ConvertLayout({}, layout_cb=desired)(exposed)
     except RuntimeError:  # tvm.error.InternalError and the other TVM errors
         # TVM 0.27's layout inference refuses some graphs around the convolutions (magika's
         # layer norms over 3-D tensors: "Invalid SLayout"); they keep NCHW
@@ -137,7 +141,7 @@ def _converts(call) -> bool:
 
 def _layout_transparent_ops(mod):
     """Ops the layout cannot pass rewritten into ones it can (TVM 0.27 has no layout rule for
-    them): per-tensor `quantize` as its elementwise formula, `R.clip` and one-element constants
+    them): per-tensor `quantize` and `dequantize` as their elementwise formulas, `R.clip` and one-element constants
     of rank >= 1 as binary ops with 0-d bounds, and the ONNX frontend's Clip as Relax
     `maximum`/`minimum` ops: it emits them as calls to
     TVM's `topi.maximum`/`topi.minimum` kernels (call_tir), which layout conversion cannot see
@@ -160,6 +164,7 @@ def _layout_transparent_ops(mod):
     make = {"max": relax.op.maximum, "min": relax.op.minimum}
     binary = [tvm.ir.Op.get(f"relax.{name}") for name in BINARY_OPS]
     quantize = tvm.ir.Op.get("relax.quantize")
+    dequantize = tvm.ir.Op.get("relax.dequantize")
 
     @relax.expr_functor.mutator
     class Expose(relax.PyExprMutator):
@@ -171,6 +176,8 @@ def _layout_transparent_ops(mod):
                 return self._scalar_operands(call)
             if call.op.same_as(quantize):
                 return self._quantize_elementwise(call)
+            if call.op.same_as(dequantize):
+                return self._dequantize_elementwise(call)
             if not (call.op.same_as(call_tir) and isinstance(call.args[0], tvm.ir.GlobalVar)):
                 return call
             kind = next((k for gvar, k in clips.items() if gvar.same_as(call.args[0])), None)
@@ -205,6 +212,19 @@ def _layout_transparent_ops(mod):
             clipped = relax.op.minimum(relax.op.maximum(rounded, relax.const(np.float32(low))),
                                        relax.const(np.float32(high)))
             return relax.op.astype(clipped, out_dtype)
+
+        def _dequantize_elementwise(self, call):
+            # the same for relax.dequantize (a quantized model's activations dequantized for
+            # the float ops between integer kernels: PP-OCRv5 rec int8's depthwise convolutions
+            # had a transpose pair around each, 4.8 ms of transposes): (float(x) - zero_point) * scale
+            data, scale, zero_point = call.args
+            if (str(getattr(data.ty, "dtype", "")) not in INTEGER_RANGES or str(call.attrs.out_dtype) != "float32"
+                    or not all(isinstance(arg, GenericConst) and arg.value.numpy().size == 1
+                               for arg in (scale, zero_point))):
+                return call
+            scale_value = relax.const(scale.value.numpy().reshape(()).astype("float32"))
+            zero = relax.const(np.float32(zero_point.value.numpy().reshape(())))
+            return relax.op.multiply(relax.op.subtract(relax.op.astype(data, "float32"), zero), scale_value)
 
         def _scalar_operands(self, call):
             # a one-element constant of rank >= 1 (PP-OCRv5's learnable affine blocks: scale and
