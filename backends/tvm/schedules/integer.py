@@ -314,7 +314,7 @@ def _integer_matmul(sch, cpu: base.CpuInfo, anchor, producers, consumers, data_i
         m_outer, m_inner = sch.split(row_loops[-1], factors=[None, tile_rows])
         outer.append(m_outer)
         inner.append(m_inner)
-    if depth * columns > _elements(row_extents) * depth:
+    if columns > _elements(row_extents):  # weights [depth, columns] against data [rows, depth]
         # more weights than data (PP-OCRv5 rec's classifier: 120 x 18400 against 40 x 120): the
         # row tiles of one block of columns run one after another, so the weights stream through
         # once rather than once per row tile (1 row x 23 vectors read them 40 times: 3.9 ms)
