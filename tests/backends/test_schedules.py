@@ -264,3 +264,35 @@ def test_classifier_weights_are_read_as_panels_and_its_epilogue_per_tile():
 def test_long_softmax_sums_in_vector_lanes():
     func = _scheduled(long_softmax(), "softmax")
     assert "_rf" in func.script()
+
+
+def depthwise_between_pointwise(channels: int):
+    """1x1 -> depthwise 3x3 (padded) -> 1x1: channels-last when `channels` fills whole vectors."""
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["a"]),
+             helper.make_node("Conv", ["a", "w1"], ["b"], group=channels, pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["b", "w2"], ["y"])]
+    inits = {"w0": _weights(channels, 16, 1, 1), "w1": _weights(channels, 1, 3, 3, seed=1),
+             "w2": _weights(32, channels, 1, 1, seed=2)}
+    return _model(nodes, [("x", (1, 16, 20, 20))], "y", inits)
+
+
+@pytest.mark.parametrize("channels", [32, 24])
+def test_channels_last_depthwise_reads_its_padding_in_place(channels, tmp_path):
+    """A channels-last depthwise convolution (9 multiply-adds per output) reads its zero padding
+    from the input as it goes: no padded copy (`pad_temp`) is written first. In NCHW (24 channels:
+    the model stays NCHW) the condition would vary along the vector lanes, and the padding stage
+    stays."""
+    from mcc.backends.tvm import common, llvm
+
+    model = depthwise_between_pointwise(channels)
+    mod, details = llvm.lower(common.import_onnx(model, {"x": (1, 16, 20, 20)}), load_target("host").tvm(),
+                              use_tuning_records=False)
+    assert details["channels_last_convolutions"] == (3 if channels == 32 else 0)
+    depthwise = [func.script() for _, func in mod.functions_items()
+                 if "group_conv2d" in getattr(func, "script", lambda: "")()]
+    assert depthwise and all(("pad_temp" in text) == (channels == 24) for text in depthwise)
+    backend = get_backend("tvm-llvm")
+    artifact = backend.compile(model, load_target("host").tvm(), {"x": (1, 16, 20, 20)}, tmp_path / "m.so")
+    feed = {"x": np.random.default_rng(3).normal(size=(1, 16, 20, 20)).astype(np.float32)}
+    np.testing.assert_allclose(backend.load(artifact.library, model).run(feed)[0], ort_run(model, feed)[0],
+                               rtol=1e-4, atol=1e-5)

@@ -514,6 +514,7 @@ def tile_reduction(sch, cpu: CpuInfo) -> bool:
     root = sch.get_sblock("root")
 
     kept_producers, consumers = inline_stages(sch, anchor, producers, consumers)
+    kept_producers = _inline_short_reduction_padding(sch, anchor, kept_producers)
 
     padded = _pad_vector_axis(sch, anchor, cpu)
     if padded:
@@ -664,6 +665,46 @@ def _pack_panels(sch, anchor, plan: TilePlan) -> None:
         sch.transform_layout(anchor, ("read", read_index), IndexMap.from_func(
             lambda *index: (index[-1] // panel, *index[:-1], index[-1] % panel), ndim=len(read.region)))
         return
+
+
+#: a convolution with at most this many multiply-adds per output (a depthwise 3x3 or 5x5, an RGB
+#: image's 3x3x3 first layer) reads its padding from the input as it goes, rather than from a
+#: padded copy written in a pass of its own
+MAX_INLINED_PAD_REDUCTION = 32
+#: tirx.IterVar.CommReduce, a reduction iterator's type
+_COMM_REDUCE = 2
+
+
+def _inline_short_reduction_padding(sch, anchor, kept: list) -> list:
+    """The padding stages of a short-reduction convolution inlined into it, where the padding
+    leaves the innermost axis alone (channels-last: the condition is the same for every vector
+    lane, so the loads stay vector loads). Such a convolution is a pass over memory, and the
+    padded copy was a second one: orientation's depthwise layers, 0.89x the model's time. In NCHW
+    the condition varies along the vector lanes (PP-OCRv5 cls ran 1.25x slower), so those keep
+    their padding stage. Returns the stages still kept."""
+    block = sch.get(anchor)
+    reduction = 1
+    for iter_var in block.iter_vars:
+        if iter_var.iter_type == _COMM_REDUCE:
+            extent = iter_var.dom.extent
+            if not hasattr(extent, "value"):
+                return kept
+            reduction *= int(extent.value)
+    if reduction > MAX_INLINED_PAD_REDUCTION:
+        return kept
+    still = []
+    for block_rv in kept:
+        stage = sch.get(block_rv)
+        padded, source = stage.writes[0].source, stage.reads[0].source if stage.reads else None
+        if (not _has_if_then_else(stage) or source is None or len(stage.reads) != 1
+                or int(padded.shape[-1]) != int(source.shape[-1])):
+            still.append(block_rv)
+            continue
+        try:
+            sch.compute_inline(block_rv)
+        except Exception:
+            still.append(block_rv)
+    return still
 
 
 def inline_stages(sch, anchor, producers, consumers) -> tuple[list, list]:
