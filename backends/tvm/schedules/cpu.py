@@ -907,21 +907,29 @@ def _vectorize_reduction_lanes(sch, block_rv, extents, n_spatial: int, cpu: CpuI
         # a guarded tail (18385 = 1149 x 16 + 1) makes TVM scalarize the whole vector loop:
         # measured 2.3x slower than lanes across the outputs
         return False
-    loops = sch.get_loops(block_rv)
     try:
-        _, lane = sch.split(loops[-1], factors=[None, lanes])
-        partial = sch.rfactor(lane, factor_axis=n_spatial)
+        _sum_in_lanes(sch, block_rv, n_spatial, lanes, cpu)
     except Exception:  # not a reduction TVM can factor (no identity element)
         return False
-    partial_loops = sch.get_loops(partial)
-    spatial = partial_loops[:n_spatial]
+    return True
+
+
+def _sum_in_lanes(sch, block_rv, n_spatial: int, vector: int, cpu: CpuInfo) -> None:
+    """The innermost reduction loop of `block_rv` split into `vector`-wide partial results
+    (`rfactor`), accumulated in a vector register per output and combined at the end; the
+    outputs in parallel. Measured on openwakeword's STFT: four partial-sum vectors per output
+    (ILP) were 2.3x slower, the horizontal sums growing with them; a `local` partial buffer 1.5x
+    slower."""
+    _, lane = sch.split(sch.get_loops(block_rv)[-1], factors=[None, vector])
+    partial = sch.rfactor(lane, factor_axis=n_spatial)
+    # partial: spatial..., reductions..., reduction outer, lane (now spatial, innermost)
+    spatial = sch.get_loops(partial)[:n_spatial]
     fused = sch.fuse(*spatial) if n_spatial > 1 else spatial[0]
     sch.reverse_compute_at(block_rv, fused, preserve_unit_loops=True)
     if cpu.cores > 1:
         sch.parallel(fused)
     sch.vectorize(sch.get_loops(partial)[-1])
     sch.decompose_reduction(partial, sch.get_loops(partial)[1])
-    return True
 
 
 def _vectorize_spatial_lanes(sch, block_rv, extents, n_spatial: int, cpu: CpuInfo) -> bool:
@@ -982,19 +990,7 @@ def dot_product(sch, cpu: CpuInfo) -> bool:
     vector = _largest_divisor_at_most(extents[-1], lanes)
     if vector * 2 < lanes:
         return False
-    _, lane = sch.split(loops[-1], factors=[None, vector])
-    partial = sch.rfactor(lane, factor_axis=n_spatial)
-    partial_loops = sch.get_loops(partial)
-    # partial: spatial..., reductions..., reduction outer, lane (now spatial, innermost). Measured
-    # on openwakeword's STFT: four partial-sum vectors per output (ILP) were 2.3x slower, the
-    # horizontal sums growing with them; a `local` partial buffer 1.5x slower.
-    spatial = partial_loops[:n_spatial]
-    fused = sch.fuse(*spatial) if n_spatial > 1 else spatial[0]
-    sch.reverse_compute_at(anchor, fused, preserve_unit_loops=True)
-    if cpu.cores > 1:
-        sch.parallel(fused)
-    sch.vectorize(sch.get_loops(partial)[-1])
-    sch.decompose_reduction(partial, sch.get_loops(partial)[1])
+    _sum_in_lanes(sch, anchor, n_spatial, vector, cpu)
     for block_rv in blocks[index + 1:]:
         schedule_injective(sch, block_rv, cpu)
     for block_rv in blocks[:index]:
