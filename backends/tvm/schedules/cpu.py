@@ -692,19 +692,23 @@ def _inline_short_reduction_padding(sch, anchor, kept: list) -> list:
             reduction *= int(extent.value)
     if reduction > MAX_INLINED_PAD_REDUCTION:
         return kept
-    still = []
-    for block_rv in kept:
-        stage = sch.get(block_rv)
-        padded, source = stage.writes[0].source, stage.reads[0].source if stage.reads else None
-        if (not _has_if_then_else(stage) or source is None or len(stage.reads) != 1
-                or int(padded.shape[-1]) != int(source.shape[-1])):
-            still.append(block_rv)
-            continue
+    def pads_in_place(stage) -> bool:
+        return (_has_if_then_else(stage) and len(stage.reads) == 1
+                and int(stage.writes[0].source.shape[-1]) == int(stage.reads[0].source.shape[-1]))
+
+    candidates = [b for b in kept if pads_in_place(sch.get(b))]
+    return [b for b in kept if b not in candidates] + _inline_or_keep(sch, candidates)
+
+
+def _inline_or_keep(sch, blocks) -> list:
+    """Each of `blocks` inlined into its readers where TVM can; returns those it could not."""
+    kept = []
+    for block_rv in blocks:
         try:
             sch.compute_inline(block_rv)
         except Exception:
-            still.append(block_rv)
-    return still
+            kept.append(block_rv)
+    return kept
 
 
 def inline_stages(sch, anchor, producers, consumers) -> tuple[list, list]:
@@ -715,20 +719,9 @@ def inline_stages(sch, anchor, producers, consumers) -> tuple[list, list]:
     DAG such as GELU reads one intermediate several times); the last is later inlined into the
     store of the accumulators (`inline_epilogue`).
     """
-    kept = []
-    for block_rv in producers:
-        if _has_if_then_else(sch.get(block_rv)):
-            kept.append(block_rv)
-            continue
-        try:
-            sch.compute_inline(block_rv)
-        except Exception:
-            kept.append(block_rv)
-    for block_rv in consumers[:-1]:
-        try:
-            sch.compute_inline(block_rv)
-        except Exception:
-            pass
+    padding = [b for b in producers if _has_if_then_else(sch.get(b))]
+    kept = padding + _inline_or_keep(sch, [b for b in producers if b not in padding])
+    _inline_or_keep(sch, consumers[:-1])
     blocks = list(sch.get_child_blocks(sch.get_sblock("root")))
     return kept, blocks[_position(sch, blocks, anchor) + 1:]
 
