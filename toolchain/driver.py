@@ -15,7 +15,7 @@ import sys
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -436,7 +436,10 @@ def _optimize(request: CompileRequest, target, backend, passes, timer: Timer, wi
         domain = f" in domain '{first.domain}'" if first.domain not in ir.DEFAULT_DOMAINS else ""
         from mcc.toolchain.rewrite import why_not_substituted
 
-        why = why_not_substituted(optimized, first.name, passes, ctx)
+        # a node the backend claims but could not lower (a recurrent op its rule refuses): the rule
+        # is asked as for a backend without the op, so it says what it refused, not that it is supported
+        asked = replace(ctx, supported_ops=ctx.supported_ops - {first.op_type}) if ctx.supported_ops else ctx
+        why = why_not_substituted(optimized, first.name, passes, asked)
         raise UnsupportedError(
             f"op '{first.op_type}'{domain} at node '{first.name}' is not supported by backend {backend.name} "
             f"for target '{target.name}'{more}" + (f"; no substitution applies ({why})" if why else "")

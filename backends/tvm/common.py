@@ -27,14 +27,41 @@ def frontend_ops() -> frozenset[str]:
 MISMAPPED_OPS = frozenset({"Attention"})
 
 
+#: ops TVM's importer has no converter for that the backend lowers itself just before importing,
+#: with mcc's own `substitute-recurrent` rules (unrolled over a static sequence): the optimized
+#: graph keeps one LSTM node, as onnxruntime's does, and the backend compiles it
+LOWERED_OPS = frozenset({"LSTM", "GRU", "RNN"})
+
+
+def backend_ops() -> frozenset[str]:
+    """Op types the TVM backends compile: the frontend's and the ones mcc lowers before it."""
+    return frontend_ops() | LOWERED_OPS
+
+
+def lower_for_frontend(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with its LOWERED_OPS nodes rewritten into ops the frontend converts (those whose
+    rules apply; the others stay, and `unsupported_nodes` names them)."""
+    if not any(node.op_type in LOWERED_OPS for node in model.graph.node):
+        return model
+    from mcc.passes.substitute.recurrent import SubstituteRecurrent
+    from mcc.toolchain.passmanager import PassContext, PassManager
+
+    lowered, _ = PassManager([SubstituteRecurrent()], PassContext(supported_ops=frontend_ops())).run(model)
+    return lowered
+
+
 def unsupported_nodes(model: onnx.ModelProto, supported: frozenset[str] | None = None) -> list[onnx.NodeProto]:
-    """Nodes TVM cannot import (op not in `supported`, by default every op the frontend converts),
-    or in a non-standard domain it would mis-map."""
-    supported = frontend_ops() if supported is None else supported
+    """Nodes TVM cannot import (op not in `supported`, by default every op the backend compiles, or
+    a LOWERED_OPS node its rule cannot lower), or in a non-standard domain it would mis-map."""
+    supported = backend_ops() if supported is None else supported
+    kept = set()
+    if any(node.op_type in LOWERED_OPS & supported for node in model.graph.node):
+        kept = {node.output[0] for node in lower_for_frontend(model).graph.node if node.op_type in LOWERED_OPS}
     return [
         node
         for node in model.graph.node
         if node.op_type not in supported or node.domain not in ir.DEFAULT_DOMAINS
+        or (node.op_type in LOWERED_OPS and node.output[0] in kept)
     ]
 
 
@@ -134,7 +161,7 @@ def import_onnx(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]
     """Relax IRModule for a static-shape model; frontend refusals become UnsupportedError."""
     from tvm.relax.frontend.onnx import from_onnx
 
-    model = fold_subbyte_dequantize(model)
+    model = fold_subbyte_dequantize(lower_for_frontend(model))
 
     dtypes = {}
     for value in ir.graph_inputs(model):

@@ -90,10 +90,10 @@ class TvmLlvmBackend:
     library_suffix = ".so"
 
     def supported_ops(self) -> frozenset[str]:
-        return common.frontend_ops()
+        return common.backend_ops()
 
     def unsupported_nodes(self, model: onnx.ModelProto, excluded: frozenset[str] = frozenset()) -> list[onnx.NodeProto]:
-        return common.unsupported_nodes(model, common.frontend_ops() - excluded)
+        return common.unsupported_nodes(model, common.backend_ops() - excluded)
 
     def compile(self, model: onnx.ModelProto, target, input_shapes: dict, library_path: Path,
                 default_schedules: bool = True) -> CompiledArtifact:
@@ -106,6 +106,9 @@ class TvmLlvmBackend:
 
         start = time.perf_counter()
         mod, details = lower(mod, target, default_schedules=default_schedules)
+        # the recurrent nodes the backend unrolled itself before TVM's importer (common.LOWERED_OPS)
+        details["lowered_before_import"] = sorted(
+            f"{node.op_type} at '{node.name}'" for node in model.graph.node if node.op_type in common.LOWERED_OPS)
         timings["schedule"] = time.perf_counter() - start
 
         start = time.perf_counter()

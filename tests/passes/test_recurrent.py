@@ -390,7 +390,8 @@ def test_in_the_default_pipeline_after_constant_folding():
 
 @pytest.mark.slow
 def test_silero_vad_compiles_and_validates_for_the_host(shared_models, run_mcc, tmp_path):
-    """silero VAD's decoder is an ONNX LSTM: unrolled, the whole model compiles with TVM and matches onnxruntime."""
+    """silero VAD's decoder is an ONNX LSTM: the graph keeps it (one node, as onnxruntime's does), the
+    TVM backend unrolls it before TVM's importer, and the whole model compiles and matches onnxruntime."""
     out = tmp_path / "out"
     result = run_mcc("compile", shared_models / "silero_vad/silero_vad_v6_fasterwhisper.onnx",
                      "--target", "host", "--input-shape", "input=16x576", "-o", out)  # 16 steps: the recurrence runs
@@ -401,5 +402,25 @@ def test_silero_vad_compiles_and_validates_for_the_host(shared_models, run_mcc, 
     for output in report["validation"]["outputs"]:
         assert output["cosine"] > 0.99999, output
     (record,) = [r for r in report["passes"] if r["name"] == "substitute-recurrent"]
-    assert record["modified"]
-    assert "LSTM" not in op_types(onnx.load(str(out / "model.onnx")))
+    assert not record["modified"]  # the backend compiles LSTM: the graph pass leaves it
+    assert op_types(onnx.load(str(out / "model.onnx"))).count("LSTM") == 1
+    assert report["kernels"]["lowered_before_import"] == ["LSTM at '/decoder/rnn/LSTM'"]
+
+
+@pytest.mark.parametrize("op, options", [
+    ("LSTM", dict(steps=4, direction="bidirectional", initial="input", peepholes=True)),
+    ("GRU", dict(steps=3, linear_before_reset=1, initial="constant")),
+    ("RNN", dict(steps=2, direction="reverse")),
+])
+def test_the_host_backend_compiles_recurrent_nodes_the_graph_keeps(op, options, run_mcc, tmp_path):
+    """The TVM backend declares LSTM, GRU and RNN: the graph keeps the node (substitute-recurrent does
+    not fire) and the backend unrolls it with the same rules right before TVM's importer."""
+    path = tmp_path / "rnn.onnx"
+    onnx.save(recurrent_model(op, **options), str(path))
+    out = tmp_path / "out"
+    result = run_mcc("compile", path, "--target", "host", "-o", out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["validation"]["passed"], report["validation"]
+    assert op_types(onnx.load(str(out / "model.onnx"))) == [op]
+    assert report["kernels"]["lowered_before_import"] == [f"{op} at 'rnn'"]
