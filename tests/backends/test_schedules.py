@@ -105,7 +105,16 @@ def long_softmax():
     return _model([helper.make_node("Softmax", ["x"], ["y"], axis=2)], [("x", (1, 6, 2048))], "y", {})
 
 
+def channels_last_global_mean():
+    """An SE block's squeeze in small: 1x1 convolutions channels-last around a global mean over
+    20 x 20 pixels of 32 contiguous channels."""
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["a"]), helper.make_node("GlobalAveragePool", ["a"], ["g"]),
+             helper.make_node("Conv", ["g", "w1"], ["s"]), helper.make_node("Mul", ["a", "s"], ["y"])]
+    return _model(nodes, [("x", (1, 16, 20, 20))], "y", {"w0": _weights(32, 16, 1, 1), "w1": _weights(32, 32, 1, 1, seed=1)})
+
+
 CASES = {
+    "channels_last_global_mean": (channels_last_global_mean, "reduction"),
     "classifier_softmax": (classifier_softmax, "tile-reduction"),
     "long_softmax": (long_softmax, "reduction"),
     "conv_bias_relu": (conv_bias_relu, "tile-reduction"),
@@ -296,3 +305,15 @@ def test_channels_last_depthwise_reads_its_padding_in_place(channels, tmp_path):
     feed = {"x": np.random.default_rng(3).normal(size=(1, 16, 20, 20)).astype(np.float32)}
     np.testing.assert_allclose(backend.load(artifact.library, model).run(feed)[0], ort_run(model, feed)[0],
                                rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_global_mean_sums_whole_vectors_of_channels():
+    """The mean reads its 32 contiguous channels as two vectors per pixel, accumulated inside the
+    loop over the 400 pixels, not one channel at a time with the pixels a row apart."""
+    import re
+
+    func = _scheduled(channels_last_global_mean(), "mean")
+    text = func.script()
+    assert re.search(r"T\.parallel\(T\.int64\(2\)\)", text), text
+    # the vector loop is inside the reduction loops (its block reads the input in the update)
+    assert re.search(r"for \w+, \w+ in T\.grid\(T\.int64\(20\), T\.int64\(20\)\):\s+for \w+ in T\.vectorized\(T\.int64\(16\)\)", text), text
