@@ -317,3 +317,26 @@ def test_channels_last_global_mean_sums_whole_vectors_of_channels():
     assert re.search(r"T\.parallel\(T\.int64\(2\)\)", text), text
     # the vector loop is inside the reduction loops (its block reads the input in the update)
     assert re.search(r"for \w+, \w+ in T\.grid\(T\.int64\(20\), T\.int64\(20\)\):\s+for \w+ in T\.vectorized\(T\.int64\(16\)\)", text), text
+
+
+@pytest.mark.parametrize("size, channel_blocks_inner", [(56, True), (14, False)])
+def test_a_large_depthwise_input_is_read_pixel_by_pixel(size, channel_blocks_inner):
+    """A channels-last depthwise convolution over 64 channels (four vectors per pixel): at 56 x 56
+    (784 KB of input) the four channel blocks of a pixel row run one after another, so each pass
+    reads whole cache lines; at 14 x 14 (49 KB) one channel block at a time, its rows staying in
+    L1 from one output row to the next."""
+    import re
+
+    from mcc.backends.tvm import common, llvm
+
+    model = depthwise_between_pointwise(64)
+    shapes = {"x": (1, 16, size, size)}
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_value = size
+    model.graph.input[0].type.tensor_type.shape.dim[3].dim_value = size
+    mod, _ = llvm.lower(common.import_onnx(model, shapes), load_target("host").tvm(), use_tuning_records=False)
+    (text,) = [func.script() for gvar, func in mod.functions_items()
+               if gvar.name_hint.endswith("_prepacked") and "group_conv2d" in func.script()]
+    # the channel block of a tile: the fused parallel index modulo 4 (innermost) or divided (outermost)
+    v_ff = re.search(r"v_ff = T\.axis\.spatial\(T\.int64\(64\), (\w+) (%|//) T\.int64\((\d+)\)", text)
+    assert v_ff, text
+    assert (v_ff.group(2) == "%" and v_ff.group(3) == "4") == channel_blocks_inner, v_ff.group(0)
