@@ -47,17 +47,20 @@ def rewrite_for_target(mod, target):
     classes padded to the vector width (classes.py), quantized convolutions and matmuls to
     integer kernels (integer.py), channel concatenations distributed over the convolutions and
     poolings that read them (concat.py), float convolution filters padded to the vector width
-    (channels.py), convolutions channels-last (layout.py). Returns (module, {"integer_kernels": n,
-    "distributed_concatenations": k, "padded_convolutions": m, "padded_softmax_classes": s,
-    "channels_last_convolutions": c})."""
-    from mcc.backends.tvm import channels, classes, concat, integer, layout
+    (channels.py), convolutions channels-last (layout.py), divisions by constants as
+    multiplications by their reciprocals (reciprocal.py). Returns (module, {"integer_kernels": n,
+    "divisions_by_constants": d, "distributed_concatenations": k, "padded_convolutions": m,
+    "padded_softmax_classes": s, "channels_last_convolutions": c})."""
+    from mcc.backends.tvm import channels, classes, concat, integer, layout, reciprocal
 
     mod, padded_softmaxes = classes.pad_softmax_classes(mod, target)
     mod, integer_kernels = integer.lower_quantized_kernels(mod, target)
     mod, distributed = concat.distribute_concatenations(mod, target)
     mod, padded = channels.pad_output_channels(mod, target)
     mod, channels_last = layout.channels_last(mod, target)
-    return mod, {"integer_kernels": integer_kernels, "distributed_concatenations": distributed,
+    mod, reciprocals = reciprocal.multiply_by_reciprocals(mod, target)
+    return mod, {"integer_kernels": integer_kernels, "divisions_by_constants": reciprocals,
+                 "distributed_concatenations": distributed,
                  "padded_convolutions": padded, "padded_softmax_classes": padded_softmaxes,
                  "channels_last_convolutions": channels_last}
 

