@@ -10,8 +10,8 @@ ends in a HardSwish, the divisions cost more than a 1x1 convolution's multiply-a
 
 The two differ by at most one rounding of the reciprocal (a relative 2^-24 for float32, before
 the product's own rounding): the size of the difference between TVM's and onnxruntime's kernels
-anyway, which validation measures. onnxruntime's MLAS multiplies by the reciprocal in its
-HardSwish and its quantization too.
+anyway, which validation measures. The ONNX spec itself writes HardSwish with a multiplication,
+x * max(0, min(1, alpha * x + 0.5)) with alpha = 1/6; TVM's importer divides by 6.
 
 Applied (Relax, before legalization, CPU targets) to every `divide` whose divisor is a constant.
 """
