@@ -128,3 +128,25 @@ def test_shape_and_empty_outputs_validate(tmp_path, run_mcc):
     assert result.returncode == 0, result.stderr
     outputs = {o["name"]: o for o in json.loads(result.stdout)["validation"]["outputs"]}
     assert outputs["s"]["passed"] and outputs["s"]["dtype"] == "int64" and outputs["e"]["shape"] == [0, 3]
+
+
+@pytest.mark.parametrize("preset", [None, "1"])
+def test_tvm_runs_on_every_core_unless_told_otherwise(preset):
+    """TVM's default thread count on x86 is half the hardware threads (one on a 2-vCPU VM); mcc's
+    runner and CLI give its pool every core this process may use, and keep a TVM_NUM_THREADS the
+    user set."""
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "TVM_NUM_THREADS"}
+    if preset is not None:
+        env["TVM_NUM_THREADS"] = preset
+    code = ("import os\n"
+            "from mcc.backends.tvm.common import use_every_core\n"
+            "use_every_core()\n"
+            "import tvm, tvm_ffi\n"
+            "print(tvm_ffi.get_global_func('runtime.NumThreads')(), len(os.sched_getaffinity(0)))\n")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    threads, cores = (int(value) for value in out.split())
+    assert threads == (cores if preset is None else 1)

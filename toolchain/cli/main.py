@@ -128,6 +128,9 @@ _CURRENT_REQUEST: list = []
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry: one line per error, documented exit codes, no tracebacks."""
+    from mcc.backends.tvm.common import use_every_core
+
+    use_every_core()  # before any kernel runs: validation, calibration and tuning time all cores
     try:
         cli.main(args=argv, prog_name="mcc", standalone_mode=False)
     except click.exceptions.Exit as exc:
