@@ -475,10 +475,11 @@ def _vector_operand_is_larger(block, plan: TilePlan) -> bool:
             # an input both axes index (a depthwise convolution's: its channels are the vector
             # axis) counts against the reorder once it is large: with the channel blocks
             # outermost, each pass over it read one cache line of every pixel's four (64
-            # channels, a 3x3 depthwise at 56 x 56: 159 -> 134 us with them innermost; 480
-            # channels at 6 x 80, 5x5: 300 -> 261 us). A small one is better read one channel
-            # block at a time, its window of rows staying in L1 from one output row to the next
-            # (256 channels at 14 x 14, 5x5: 48 against 51 us).
+            # channels, a 3x3 depthwise at 56 x 56: 159 -> 134 us on one thread with them
+            # innermost; 480 channels at 6 x 80, 5x5: 300 -> 261 us; whole models on two
+            # threads: ultraface RFB 0.70x, orientation 0.90x). A small one is better read one
+            # channel block at a time, its window of rows staying in L1 from one output row to
+            # the next (256 channels at 14 x 14, 5x5, one thread: 48 against 51 us).
             row_sizes.append(size(read))
     return max(vec_sizes) > max(row_sizes)
 
@@ -965,8 +966,8 @@ def _spatial_axis_is_contiguous(block, extents, n_spatial: int, cpu: CpuInfo) ->
 def _vectorize_spatial_lanes(sch, block_rv, extents, n_spatial: int, cpu: CpuInfo) -> bool:
     """A reduction whose body is compute-bound (GELU before a global max pool), or whose innermost
     spatial axis its inputs hold contiguously (a channels-last global mean: the loop over channels
-    outside the reduction read each value a row of 1920 bytes after the last, 0.37 ms for
-    [6, 80, 480]): that axis split into vector lanes and moved inside the reduction loops, the rest
+    outside the reduction read each value a row of 1920 bytes after the last, 0.37 ms on one
+    thread for [6, 80, 480]): that axis split into vector lanes and moved inside the reduction loops, the rest
     in parallel; loads along it are vector loads, or gathers cheap next to the math."""
     block = sch.get(block_rv)
     lanes = cpu.lanes(block.writes[0].source.dtype.bits)
