@@ -155,7 +155,6 @@ def main() -> int:
             runners, timed = {}, {}
             valid, gain = "—", "—"
             if not args.no_latency:
-                runners = {}
                 for tool in TOOLS:
                     graph = graphs[tool]
                     if not isinstance(graph, onnx.ModelProto):

@@ -12,6 +12,7 @@ import onnx
 from mcc.toolchain import ir
 from mcc.toolchain.errors import UnsupportedError
 
+
 def use_every_core() -> None:
     """TVM's CPU thread pool gets every core this process may run on, unless TVM_NUM_THREADS is
     set. TVM's own default on x86 is half the hardware threads (it assumes hyper-threading): on a

@@ -967,8 +967,9 @@ def _vectorize_spatial_lanes(sch, block_rv, extents, n_spatial: int, cpu: CpuInf
     """A reduction whose body is compute-bound (GELU before a global max pool), or whose innermost
     spatial axis its inputs hold contiguously (a channels-last global mean: the loop over channels
     outside the reduction read each value a row of 1920 bytes after the last, 0.37 ms on one
-    thread for [6, 80, 480]): that axis split into vector lanes and moved inside the reduction loops, the rest
-    in parallel; loads along it are vector loads, or gathers cheap next to the math."""
+    thread for [6, 80, 480]): that axis split into vector lanes and moved inside the reduction
+    loops, the rest in parallel; loads along it are vector loads, or gathers cheap next to the
+    math."""
     block = sch.get(block_rv)
     lanes = cpu.lanes(block.writes[0].source.dtype.bits)
     axis = max((a for a in range(n_spatial) if extents[a] > 1), default=None)
