@@ -17,6 +17,7 @@ from mcc.passes.simplify.dead_nodes import EliminateDeadNodes
 from mcc.passes.simplify.fold_constants import FoldConstants
 from mcc.passes.simplify.identity import EliminateIdentity
 from mcc.passes.simplify.initializer_inputs import InlineInitializerInputs
+from mcc.passes.simplify.subnormals import FlushSubnormals
 from mcc.passes.substitute.recurrent import SubstituteRecurrent
 from mcc.passes.upgrade_opset import UpgradeOpset
 from mcc.toolchain.passmanager import FixedPoint
@@ -38,6 +39,7 @@ BUILTIN_PASSES = (
     RecognizeMagnitude,
     SubstituteRecurrent,
     EliminateDeadNodes,
+    FlushSubnormals,
     UpgradeOpset,
     ConvertFloat16,
     QuantizeWeights,
