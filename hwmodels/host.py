@@ -102,6 +102,11 @@ def _curves(data: dict) -> dict[str, tuple[tuple[float, float], ...]]:
     return curves
 
 
+#: bumped whenever `mcc calibrate` changes what it measures: a profile measured otherwise is ignored
+#: (2: the layout transposes the backend adds around a one-op model are no longer charged to it)
+CALIBRATION_VERSION = 2
+
+
 def apply_calibration(spec):
     path = calibration_path()
     if not path.is_file():
@@ -110,9 +115,10 @@ def apply_calibration(spec):
         profile = json.loads(path.read_text())
         from mcc.backends.tvm.schedules import SCHEDULES_VERSION
 
-        if profile.get("schedules_version") != SCHEDULES_VERSION:
-            # measured with other kernels (an older mcc's schedules): the target file's values
-            # describe today's kernels better; `mcc calibrate` measures them again
+        if (profile.get("schedules_version") != SCHEDULES_VERSION
+                or profile.get("calibration_version", 1) != CALIBRATION_VERSION):
+            # measured with other kernels (an older mcc's schedules) or another method: the target
+            # file's values describe today's kernels better; `mcc calibrate` measures them again
             return spec
         efficiency = {**spec.efficiency, **{k: float(v) for k, v in profile.get("efficiency", {}).items()}}
         sources = dict(spec.sources)

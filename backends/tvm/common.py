@@ -221,6 +221,34 @@ class RelaxVMRunner:
         evaluator = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
         return [seconds * 1000.0 for seconds in evaluator(*arguments).results]
 
+    def kernel_ms(self, inputs: dict[str, np.ndarray], repeat: int = 20) -> dict[str, float]:
+        """Mean ms per run spent in each function the VM calls (kernels and VM builtins), by name.
+
+        Timed with the VM's instrument hook around each call, so each figure includes a
+        microsecond or two of the hook itself; `time_ms` is the figure for the whole run.
+        """
+        import time
+
+        arguments = self._arguments(inputs)
+        self.vm["main"](*arguments)
+        spent: dict[str, float] = {}
+        started: dict[str, float] = {}
+
+        def instrument(func, name, before_run, ret_value, *args):
+            if before_run:
+                started[name] = time.perf_counter()
+            else:
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - started[name]
+            return 0
+
+        self.vm.set_instrument(instrument)
+        try:
+            for _ in range(repeat):
+                self.vm["main"](*arguments)
+        finally:
+            self.vm.set_instrument(None)
+        return {name: seconds * 1000.0 / repeat for name, seconds in spent.items()}
+
 
 def _flatten(value) -> list[np.ndarray]:
     if hasattr(value, "numpy"):

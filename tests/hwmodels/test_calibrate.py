@@ -41,16 +41,20 @@ def test_corrupt_profile_is_ignored(cache):
     assert "calibrated on host" not in load_target("host").sources["efficiency"]
 
 
-def test_a_profile_measured_with_other_schedules_is_ignored(cache):
-    """A profile from an older mcc measured other kernels: the target file's figures apply until
-    `mcc calibrate` runs again."""
+def test_a_profile_measured_with_other_schedules_or_method_is_ignored(cache):
+    """A profile from an older mcc measured other kernels, or measured them otherwise: the target
+    file's figures apply until `mcc calibrate` runs again."""
     from mcc.backends.tvm.schedules import SCHEDULES_VERSION
-    from mcc.hwmodels.host import calibration_path
+    from mcc.hwmodels.host import CALIBRATION_VERSION, calibration_path
 
     path = calibration_path()
     path.parent.mkdir(parents=True)
-    for version, applied in ((SCHEDULES_VERSION - 1, False), (None, False), (SCHEDULES_VERSION, True)):
-        profile = {"efficiency": {"conv": 0.123}}
+    current = {"calibration_version": CALIBRATION_VERSION}
+    for version, method, applied in ((SCHEDULES_VERSION - 1, current, False), (None, current, False),
+                                     (SCHEDULES_VERSION, {}, False),  # before the method had a version
+                                     (SCHEDULES_VERSION, {"calibration_version": CALIBRATION_VERSION - 1}, False),
+                                     (SCHEDULES_VERSION, current, True)):
+        profile = {"efficiency": {"conv": 0.123}, **method}
         if version is not None:
             profile["schedules_version"] = version
         path.write_text(json.dumps(profile))
@@ -117,7 +121,31 @@ def test_profile_with_a_bad_curve_is_ignored(cache, curves):
     path.parent.mkdir(parents=True)
     from mcc.backends.tvm.schedules import SCHEDULES_VERSION
 
+    from mcc.hwmodels.host import CALIBRATION_VERSION
+
     path.write_text(json.dumps({"efficiency": {"conv": 0.5}, "efficiency_curves": curves,
-                                "schedules_version": SCHEDULES_VERSION}))
+                                "schedules_version": SCHEDULES_VERSION, "calibration_version": CALIBRATION_VERSION}))
     target = load_target("host")
     assert "calibrated on host" not in target.sources["efficiency"] and not target.efficiency_curves
+
+
+def test_a_micro_benchmark_leaves_out_the_layout_changes_the_backend_adds(tmp_path):
+    """A one-convolution model runs channels-last: TVM's library transposes its input and output,
+    which a real model pays once and the micro-benchmark must not charge to the convolution."""
+    import re
+
+    import numpy as np
+
+    from mcc.backends import get_backend
+    from mcc.hwmodels.calibrate import BENCHMARKS, LAYOUT_KERNEL
+
+    spec = load_target("host")
+    model = {b.name: b for b in BENCHMARKS}["conv1x1-64x28"].build()
+    backend = get_backend(spec.backend)
+    library = tmp_path / "conv.so"
+    backend.compile(model, spec.tvm(), {"x": (1, 64, 28, 28)}, library)
+    times = backend.load(library, model).kernel_ms({"x": np.ones((1, 64, 28, 28), np.float32)}, repeat=3)
+    layout = [name for name in times if LAYOUT_KERNEL.fullmatch(name)]
+    assert len(layout) == 2, times  # NCHW -> NHWC before the convolution, and back after it
+    assert [name for name in times if re.search("conv2d", name)], times
+    assert all(ms > 0 for ms in times.values())
