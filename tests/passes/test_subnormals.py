@@ -48,7 +48,7 @@ def test_flushes_subnormal_initializer_and_constant_values_keeping_their_sign():
     np.testing.assert_array_equal(weights["w"].ravel(), [1.5, 0.0, 0.0, -2.0])
     assert np.signbit(weights["w"].ravel()[2])  # -subnormal -> -0, as flush-to-zero hardware does
     np.testing.assert_array_equal(weights["c"].ravel(), [TINY, 0.0])  # the smallest normal stays
-    assert ctx.notes == ["flush-subnormals: 3 subnormal value(s) in 2 constant(s) set to zero"]
+    assert ctx.notes == ["flush-subnormals: 3 subnormal or negligible value(s) in 2 constant(s) set to zero"]
     assert_golden("flush_subnormals", result.model)
     assert_same_function(model, result.model)
     onnx.checker.check_model(result.model, full_check=True)
@@ -97,3 +97,25 @@ def test_the_default_pipeline_leaves_no_subnormal_weight_after_folding_a_switche
     assert [r.name for r in records if r.modified][-1] == "flush-subnormals"
     feed = random_feed(model)
     np.testing.assert_allclose(ort_run(optimized, feed)[0], ort_run(model, feed)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_zeroes_convolution_and_matmul_weights_below_the_threshold_but_no_other_constant():
+    """A dead channel's weights just above the subnormal range keep every partial sum subnormal;
+    below 2^-100 they go, in Conv/MatMul weights only (a Mul by 1e-35 may be undone by a later one)."""
+    small = np.float32(2.0 ** -110)
+    weight = np.array([[[[small]], [[1.0]]], [[[-small]], [[2.0 ** -90]]]], np.float32)
+    model = _conv_with_weights(weight, constant=np.full((1, 2, 1, 1), small, np.float32))
+    result = run_pass(FlushSubnormals(), model)
+    weights = _weights(result.model)
+    np.testing.assert_array_equal(weights["w"].ravel(), [0.0, 1.0, 0.0, np.float32(2.0 ** -90)])
+    np.testing.assert_array_equal(weights["c"], np.full((1, 2, 1, 1), small, np.float32))  # a Mul's operand
+    assert_same_function(model, result.model)
+    # with the threshold at 2^-120 those weights are no longer negligible
+    assert not run_pass(FlushSubnormals(min_weight_log2=-120), model).modified
+
+
+def test_the_threshold_option_is_checked():
+    import pytest
+
+    with pytest.raises(ValueError, match="min-weight-log2"):
+        FlushSubnormals(min_weight_log2=-20)
