@@ -45,14 +45,17 @@ def legalize(mod):
 def rewrite_for_target(mod, target):
     """Relax rewrites for the target's kernels, before legalization: a classifier's softmax
     classes padded to the vector width (classes.py), quantized convolutions and matmuls to
-    integer kernels (integer.py), channel concatenations distributed over the convolutions and
+    integer kernels (integer.py), transposed convolutions whose kernel is their stride as 1x1
+    convolutions and a depth-to-space (upsample.py), channel concatenations distributed over the convolutions and
     poolings that read them (concat.py), float convolution filters padded to the vector width
     (channels.py), convolutions channels-last (layout.py), divisions by constants as
     multiplications by their reciprocals (reciprocal.py). Returns (module, {"integer_kernels": n,
     "divisions_by_constants": d, "distributed_concatenations": k, "padded_convolutions": m,
-    "padded_softmax_classes": s, "channels_last_convolutions": c})."""
-    from mcc.backends.tvm import channels, classes, concat, integer, layout, reciprocal
+    "padded_softmax_classes": s, "channels_last_convolutions": c,
+    "transposed_convolutions_as_depth_to_space": t})."""
+    from mcc.backends.tvm import channels, classes, concat, integer, layout, reciprocal, upsample
 
+    mod, depth_to_space = upsample.as_depth_to_space(mod, target)
     mod, padded_softmaxes = classes.pad_softmax_classes(mod, target)
     mod, integer_kernels = integer.lower_quantized_kernels(mod, target)
     mod, distributed = concat.distribute_concatenations(mod, target)
@@ -62,7 +65,8 @@ def rewrite_for_target(mod, target):
     return mod, {"integer_kernels": integer_kernels, "divisions_by_constants": reciprocals,
                  "distributed_concatenations": distributed,
                  "padded_convolutions": padded, "padded_softmax_classes": padded_softmaxes,
-                 "channels_last_convolutions": channels_last}
+                 "channels_last_convolutions": channels_last,
+                 "transposed_convolutions_as_depth_to_space": depth_to_space}
 
 
 def lower(mod, target, *, default_schedules: bool = True, use_tuning_records: bool = True):

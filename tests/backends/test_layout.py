@@ -108,14 +108,18 @@ def test_channel_counts_that_leave_vectors_partial_keep_nchw(tmp_path):
     assert artifact.details["channels_last_convolutions"] == 0
 
 
-def test_a_transposed_convolution_stays_nchw_between_channels_last_ones(tmp_path):
+@pytest.mark.parametrize("kernel, converted, rewritten", [
+    (3, 2, 0),  # overlapping taps: a transposed convolution, pinned to NCHW
+    (2, 3, 1),  # kernel == stride: a 1x1 convolution and a depth-to-space (upsample.py), channels-last too
+])
+def test_a_transposed_convolution_stays_nchw_between_channels_last_ones(tmp_path, kernel, converted, rewritten):
     """TVM 0.27 legalizes ConvTranspose in NCHW only: the layout must not flow into it
     (PP-OCRv5 det's upsampling failed in the VM code generator before it was pinned)."""
     nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["a"], ["r"]),
-             helper.make_node("ConvTranspose", ["r", "wt"], ["u"], strides=[2, 2], kernel_shape=[2, 2]),
+             helper.make_node("ConvTranspose", ["r", "wt"], ["u"], strides=[2, 2], kernel_shape=[kernel, kernel]),
              helper.make_node("Conv", ["u", "w1"], ["y"], pads=[1, 1, 1, 1])]
-    initializers = {"w0": _weights(16, 3, 3, 3, seed=1), "wt": _weights(16, 16, 2, 2, seed=2),
+    initializers = {"w0": _weights(16, 3, 3, 3, seed=1), "wt": _weights(16, 16, kernel, kernel, seed=2),
                     "w1": _weights(32, 16, 3, 3, seed=3)}
     graph = helper.make_graph(nodes, "up", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
@@ -123,7 +127,8 @@ def test_a_transposed_convolution_stays_nchw_between_channels_last_ones(tmp_path
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     artifact = _compile_and_compare(model, tmp_path)
-    assert artifact.details["channels_last_convolutions"] == 2
+    assert artifact.details["channels_last_convolutions"] == converted
+    assert artifact.details["transposed_convolutions_as_depth_to_space"] == rewritten
 
 
 @pytest.mark.parametrize("kind", ["max", "min"])
