@@ -68,6 +68,9 @@ class TargetSpec:
     #: calibrated only: op class -> (size, efficiency) points sorted by size (`costmodel.curve_size`),
     #: which replace that class's single efficiency when present (see hwmodels/calibrate.py)
     efficiency_curves: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
+    #: calibrated only: GB/s of a stream that stays in cache (0: unknown, every byte at DRAM speed);
+    #: a model whose weights and activations fit in `cache_kib` reads them at this rate run after run
+    cache_bandwidth_gb_s: float = 0.0
     sources: dict[str, str] = field(default_factory=dict)
     path: str = ""
 

@@ -6,7 +6,8 @@ backend, same target) and timed from the exported library with TVM's time_evalua
 1. `kernel_us` = the time of a tiny kernel (Relu on 16 floats): dispatch cost, no work.
 2. bandwidth: a large Add streams 3 x 16 MiB; effective GB/s = bytes / (time - overhead);
    `bandwidth_efficiency` = effective / the target's `dram_bandwidth_gb_s` (the peak is raised
-   to the measurement if the assumed peak was lower).
+   to the measurement if the assumed peak was lower). A small one (3 x 256 KiB) stays in cache
+   between runs: `cache_bandwidth_gb_s`, the rate of a model that fits in `cache_kib`.
 3. per op class: for each benchmark, the efficiency that makes the roofline prediction equal the
    measurement, eff = compute_s(eff = 1) / (time - overhead), when the kernel is compute-bound at
    that efficiency; the class's efficiency is the geometric mean over its shapes.
@@ -46,7 +47,7 @@ from mcc.hwmodels.host import CALIBRATION_VERSION, calibration_path, cpu_fingerp
 @dataclass(frozen=True)
 class MicroBenchmark:
     name: str
-    op_class: str  # an efficiency class, or "overhead" / "bandwidth"
+    op_class: str  # an efficiency class, or "overhead" / "bandwidth" / "cache_bandwidth"
     build: Callable[[], onnx.ModelProto]
 
 
@@ -131,6 +132,8 @@ def _transpose(shape: list[int]) -> Callable[[], onnx.ModelProto]:
 BENCHMARKS: tuple[MicroBenchmark, ...] = (
     MicroBenchmark("tiny-relu", "overhead", _unary("Relu", [16])),
     MicroBenchmark("add-16MiB", "bandwidth", _binary_add(4 * 2**20)),
+    # 3 x 256 KiB stay in cache from one run to the next: a small model's weights and activations
+    MicroBenchmark("add-256KiB", "cache_bandwidth", _binary_add(64 * 2**10)),
     # convolutions carry a bias, as nearly every convolution of a real model does once BatchNorm is
     # folded; the reduction lengths (cin / groups x window) sample where untuned kernels change speed
     MicroBenchmark("conv3x3-rgb-112", "conv", _conv(3, 32, 112, 3)),
@@ -215,14 +218,18 @@ def fit_profile(spec: TargetSpec, measured: dict[str, float]) -> dict:
     bandwidth_time_s = max(measured["add-16MiB"] * 1e-3 - overhead_s, 1e-9)
     effective_gb_s = 3 * 4 * 4 * 2**20 / bandwidth_time_s / 1e9
     peak_gb_s = max(spec.dram_bandwidth_gb_s, effective_gb_s)
+    cache_gb_s = 0.0
+    if "add-256KiB" in measured:
+        cache_time_s = max(measured["add-256KiB"] * 1e-3 - overhead_s, 1e-9)
+        cache_gb_s = max(3 * 4 * 64 * 2**10 / cache_time_s / 1e9, effective_gb_s)
     base = dataclasses.replace(spec, kernel_overhead_us=kernel_us, dram_bandwidth_gb_s=peak_gb_s,
-                               bandwidth_efficiency=effective_gb_s / peak_gb_s,
+                               bandwidth_efficiency=effective_gb_s / peak_gb_s, cache_bandwidth_gb_s=cache_gb_s,
                                efficiency={name: 1.0 for name in spec.efficiency}, efficiency_curves={})
     per_class: dict[str, list[float]] = {}
     curve_points: dict[str, list[tuple[float, float]]] = {}  # class -> (curve size, efficiency)
     for name, latency_ms in measured.items():
         benchmark = benchmarks[name]
-        if benchmark.op_class in ("overhead", "bandwidth"):
+        if benchmark.op_class in ("overhead", "bandwidth", "cache_bandwidth"):
             continue
         model = benchmark.build()
         (kernel,) = estimate(model, base).kernels
@@ -254,6 +261,7 @@ def fit_profile(spec: TargetSpec, measured: dict[str, float]) -> dict:
         "efficiency_curves": {op_class: fit_curve(points) for op_class, points in sorted(curve_points.items())},
         "bandwidth_efficiency": float(f"{effective_gb_s / peak_gb_s:.6g}"),
         "dram_bandwidth_gb_s": float(f"{peak_gb_s:.6g}"),
+        "cache_bandwidth_gb_s": float(f"{cache_gb_s:.6g}"),
         "kernel_us": float(f"{kernel_us:.6g}"),
     }
 

@@ -10,6 +10,7 @@ matmul anchor (bias, activation, residual add) are its epilogue: they work on va
 anchor produces them and are charged at the peak rate, not at the `elementwise` efficiency, which
 describes standalone elementwise kernels.
     memory_s(k)  = bytes(k) / (dram_bandwidth_gb_s * 1e9 * bandwidth_efficiency)
+                   (cache_bandwidth_gb_s instead when the whole model fits in cache_kib: `cache_resident`)
     time_s(k)    = max(compute_s, memory_s) + kernel_us * 1e-6         (bound: the larger term)
 
 bytes(k) counts what crosses the kernel boundary: activations and weights read from outside the
@@ -100,6 +101,16 @@ def curve_size(node) -> float:
     return node.macs / outputs
 
 
+def cache_resident(works, types, target: TargetSpec) -> bool:
+    """Whether every weight and every activation together fit in the target's cache, so that a
+    model run again and again (a service, a benchmark) reads them from cache, not DRAM. An upper
+    bound of the working set: all tensors at once, none reusing another's memory."""
+    if target.cache_bandwidth_gb_s <= 0 or target.cache_kib <= 0:
+        return False
+    names = {name for work in works for name in (*work.inputs, *work.outputs, *work.weights)}
+    return sum(tensor_bytes(name, types, "native") for name in names) <= target.cache_kib * 1024
+
+
 def _precision_for(work, default: str, layer_precisions: dict[str, str] | None, types: dict) -> str:
     if layer_precisions and work.name in layer_precisions:
         return layer_precisions[work.name]
@@ -145,6 +156,10 @@ def estimate(
             kernel_index_of[name] = index
 
     bandwidth_b_s = target.dram_bandwidth_gb_s * 1e9 * target.bandwidth_efficiency
+    if cache_resident(works, types, target):
+        bandwidth_b_s = max(bandwidth_b_s, target.cache_bandwidth_gb_s * 1e9)
+        notes.append(f"weights and activations fit in the {target.cache_kib:.0f} KiB cache: "
+                     f"read at {target.cache_bandwidth_gb_s:.0f} GB/s, not the DRAM rate")
     overhead_s = target.kernel_overhead_us * 1e-6
     results: list[KernelEstimate] = []
     total_ops = total_bytes = dynamic_op_pj = 0.0

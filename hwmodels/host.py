@@ -3,7 +3,7 @@
 Peak ops per cycle per core come from the CPU flags (two FMA ports assumed, as on every
 AVX-512 server core since Skylake-SP):
 
-    avx512f      fp32: 2 ports x 16 lanes x 2 ops = 64      fp16: as fp32 (see ops_per_cycle)
+    avx512f      fp32: 2 ports x 16 lanes x 2 ops = 64      fp16: as fp32, or 2x with avx512_fp16
     avx2 + fma   fp32: 2 ports x  8 lanes x 2 ops = 32
     avx512_vnni  int8: 2 ports x 64 MACs x 2 ops = 256      (avx2 vnni/none: 4x fp32)
     otherwise    fp32: 8 (SSE)
@@ -41,9 +41,11 @@ def ops_per_cycle(flags: set[str]) -> dict[str, float]:
         fp32 = 32.0
     else:
         fp32 = 8.0
-    # AVX512-FP16 could double this, but LLVM/TVM kernels compute fp16 at fp32 rates unless a schedule
-    # uses it: squeezenet's fp16 and fp32 artifacts measured the same latency here (benchmarks/RESULTS.md).
-    fp16 = fp32
+    # AVX512-FP16 (Sapphire Rapids on): LLVM compiles TVM's float16 kernels to native half FMAs, 32
+    # lanes a register (squeezenet fp16 here: 782 vfmadd*ph, no conversion to float32; 0.65-0.72x
+    # the fp32 artifact's latency, RESULTS.md host_latency). Without it float16 is converted (F16C)
+    # and computed at the fp32 rate.
+    fp16 = 2 * fp32 if "avx512_fp16" in flags else fp32
     int8 = 256.0 if "avx512_vnni" in flags else 4 * fp32 if "avx_vnni" in flags else 2 * fp32
     return {"fp32": fp32, "fp16": fp16, "int8": int8}
 
@@ -103,8 +105,9 @@ def _curves(data: dict) -> dict[str, tuple[tuple[float, float], ...]]:
 
 
 #: bumped whenever `mcc calibrate` changes what it measures: a profile measured otherwise is ignored
-#: (2: the layout transposes the backend adds around a one-op model are no longer charged to it)
-CALIBRATION_VERSION = 2
+#: (2: the layout transposes the backend adds around a one-op model are no longer charged to it;
+#: 3: the cache bandwidth is measured too)
+CALIBRATION_VERSION = 3
 
 
 def apply_calibration(spec):
@@ -132,6 +135,7 @@ def apply_calibration(spec):
             dram_bandwidth_gb_s=float(profile.get("dram_bandwidth_gb_s", spec.dram_bandwidth_gb_s)),
             kernel_overhead_us=float(profile.get("kernel_us", spec.kernel_overhead_us)),
             efficiency_curves=_curves(profile.get("efficiency_curves", {})),
+            cache_bandwidth_gb_s=float(profile.get("cache_bandwidth_gb_s", 0.0)),
             sources=sources,
         )
     except (OSError, ValueError, TypeError, AttributeError):

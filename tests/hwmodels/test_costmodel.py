@@ -370,3 +370,29 @@ def test_residual_add_fuses_into_the_conv_whichever_operand_it_is(order):
     }}
     """)
     assert [k.ops for k in estimate(model, synthetic_target()).kernels] == [["Relu"], ["Conv", "Add"]]
+
+
+def test_a_model_that_fits_in_cache_reads_at_the_calibrated_cache_rate():
+    """Run after run, a small model's weights and activations stay in cache: a calibrated cache
+    bandwidth applies to it, and only when all of it (here 3 x 64 KiB) fits in `cache_kib`."""
+    import dataclasses
+
+    model = parse_model("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1, 16, 32, 32] x) => (float[1, 16, 16, 16] y, float[1, 16, 32, 32] z) {
+        y = MaxPool<kernel_shape = [2, 2], strides = [2, 2]>(x)
+        z = Exp(x)
+    }
+    """)
+    dram = synthetic_target(efficiency__bandwidth=1.0)  # 10 GB/s
+    pool_bytes = (16 * 32 * 32 + 16 * 16 * 16) * 4
+    assert estimate(model, dram).kernels[0].memory_ms == pytest.approx(pool_bytes / 10e9 * 1e3)
+    cached = dataclasses.replace(dram, cache_bandwidth_gb_s=100.0, cache_kib=1024.0)
+    result = estimate(model, cached)
+    assert result.kernels[0].memory_ms == pytest.approx(pool_bytes / 100e9 * 1e3)
+    assert any("fit in the 1024 KiB cache" in note for note in result.notes)
+    # x, y and z are 64 + 16 + 64 KiB: one KiB short of that, DRAM again
+    too_small = dataclasses.replace(cached, cache_kib=143.0)
+    assert estimate(model, too_small).kernels[0].memory_ms == pytest.approx(pool_bytes / 10e9 * 1e3)
+    assert estimate(model, dataclasses.replace(cached, cache_kib=144.0)).kernels[0].memory_ms < \
+        estimate(model, too_small).kernels[0].memory_ms

@@ -50,6 +50,14 @@ def test_host_is_detected():
     assert str(spec.tvm().kind) == "llvm" and int(spec.tvm().attrs["num-cores"]) == spec.cores
 
 
+def test_half_precision_peaks_follow_the_cpu_flags():
+    from mcc.hwmodels.host import ops_per_cycle
+
+    assert ops_per_cycle({"avx512f"}) == {"fp32": 64.0, "fp16": 64.0, "int8": 128.0}
+    assert ops_per_cycle({"avx512f", "avx512_fp16", "avx512_vnni"}) == {"fp32": 64.0, "fp16": 128.0, "int8": 256.0}
+    assert ops_per_cycle({"avx2", "fma"})["fp16"] == 32.0
+
+
 def _mutate(path: str, value=..., delete=False) -> dict:
     data = copy.deepcopy(host_data())
     *tables, key = path.split(".")
