@@ -1,7 +1,9 @@
 """Calibrate the host's cost-model profile from micro-benchmarks compiled through the TVM backend.
 
 Each micro-benchmark is a one-op ONNX model, compiled exactly as `mcc compile` compiles (same
-backend, same target) and timed from the exported library with TVM's time_evaluator. The fit:
+backend, same target) and timed from the exported library with TVM's time_evaluator; a
+convolution with channels-last input and output where the backend runs it channels-last, so that
+no layout transpose is timed with it (`channels_last_io`). The fit:
 
 1. `kernel_us` = the time of a tiny kernel (Relu on 16 floats): dispatch cost, no work.
 2. bandwidth: a large Add streams 3 x 16 MiB; effective GB/s = bytes / (time - overhead);
@@ -24,7 +26,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import statistics
 import tempfile
 import time
@@ -179,35 +180,55 @@ BENCHMARKS: tuple[MicroBenchmark, ...] = (
 )
 
 
-#: the functions a backend adds to change a tensor's layout (TVM's names for the kernels of
-#: permute_dims and layout_transform, numbered when there are several)
-LAYOUT_KERNEL = re.compile(r"(transpose|permute_dims|layout_transform)\d*")
+def channels_last_io(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The one-convolution model with a channels-last (NHWC) input and output: a Transpose to NCHW
+    before the convolution and one back after it.
+
+    The backend runs convolutions channels-last (backends/tvm/layout.py). The NCHW model then gains
+    a transpose of its input and of its output, which a real model pays once, not per convolution:
+    in a micro-benchmark they took up to 64 % of the time (3 -> 32 channels at 112 x 112: 0.37 of
+    0.58 ms). With NHWC at the boundaries the backend's transposes meet these and cancel: the input
+    side becomes a view and the output side an identity in the convolution's epilogue, so the
+    library runs the convolution kernel alone.
+    """
+    (value_in,), (value_out,) = model.graph.input, model.graph.output
+
+    def to_nhwc(value) -> list[int]:
+        return [value.type.tensor_type.shape.dim[axis].dim_value for axis in (0, 2, 3, 1)]
+
+    nodes = [helper.make_node("Transpose", ["x_nhwc"], [value_in.name], perm=[0, 3, 1, 2], name="to_nchw"),
+             *model.graph.node,
+             helper.make_node("Transpose", [value_out.name], ["y_nhwc"], perm=[0, 2, 3, 1], name="to_nhwc")]
+    graph = helper.make_graph(
+        nodes, model.graph.name, [helper.make_tensor_value_info("x_nhwc", TensorProto.FLOAT, to_nhwc(value_in))],
+        [helper.make_tensor_value_info("y_nhwc", TensorProto.FLOAT, to_nhwc(value_out))],
+        initializer=list(model.graph.initializer))
+    return helper.make_model(graph, opset_imports=list(model.opset_import), ir_version=model.ir_version)
 
 
 def measure_ms(model: onnx.ModelProto, spec: TargetSpec, work_dir: Path, repeat: int) -> float:
-    """Median latency in ms of the model compiled by mcc's TVM backend and loaded from disk, less
-    the layout changes the backend added at its boundaries.
-
-    The backend runs convolutions channels-last (backends/tvm/layout.py), so a one-convolution
-    model gains a transpose of its input and one of its output. A real model pays those once, not
-    per convolution; in a micro-benchmark they took up to 64 % of the time (3 -> 32 channels at
-    112 x 112: 0.37 of 0.58 ms). Their time, measured per kernel, is left out, unless the
-    benchmark's own op moves data.
-    """
+    """Median latency in ms of the model compiled by mcc's TVM backend and loaded from disk (TVM's
+    time_evaluator). A convolution is timed with channels-last input and output when the backend
+    runs it channels-last (`channels_last_io`), so that only its own kernel is timed."""
     from mcc.backends import get_backend
 
     backend = get_backend(spec.backend)
-    shapes = {value.name: tuple(d.dim_value for d in value.type.tensor_type.shape.dim) for value in model.graph.input}
-    library = work_dir / f"micro-{len(list(work_dir.iterdir()))}.so"
-    backend.compile(model, spec.tvm(), shapes, library)
-    runner = backend.load(library, model)
+
+    def compile_and_load(candidate: onnx.ModelProto):
+        shapes = {value.name: tuple(d.dim_value for d in value.type.tensor_type.shape.dim)
+                  for value in candidate.graph.input}
+        library = work_dir / f"micro-{len(list(work_dir.iterdir()))}.so"
+        artifact = backend.compile(candidate, spec.tvm(), shapes, library)
+        return artifact, backend.load(library, candidate), shapes
+
+    artifact, runner, shapes = None, None, None
+    if any(node.op_type == "Conv" for node in model.graph.node):
+        artifact, runner, shapes = compile_and_load(channels_last_io(model))
+    if artifact is None or not artifact.details.get("channels_last_convolutions"):
+        artifact, runner, shapes = compile_and_load(model)  # the backend keeps it NCHW: time it so
     rng = np.random.default_rng(0)
     inputs = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
-    total_ms = statistics.median(runner.time_ms(inputs, repeat=repeat))
-    if any(node.op_type == "Transpose" for node in model.graph.node):
-        return total_ms
-    added_ms = sum(ms for name, ms in runner.kernel_ms(inputs, repeat=repeat).items() if LAYOUT_KERNEL.fullmatch(name))
-    return max(total_ms - added_ms, 1e-4)
+    return statistics.median(runner.time_ms(inputs, repeat=repeat))
 
 
 def fit_profile(spec: TargetSpec, measured: dict[str, float]) -> dict:

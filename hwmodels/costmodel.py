@@ -107,7 +107,9 @@ def cache_resident(works, types, target: TargetSpec) -> bool:
     bound of the working set: all tensors at once, none reusing another's memory."""
     if target.cache_bandwidth_gb_s <= 0 or target.cache_kib <= 0:
         return False
-    names = {name for work in works for name in (*work.inputs, *work.outputs, *work.weights)}
+    names = {name for work in works for name in (*work.inputs, *work.outputs, *work.weights) if name}
+    if any(ir.static_shape(types[name][1]) is None if name in types else True for name in names):
+        return False  # a tensor of unknown size (a data-dependent shape): not known to fit
     return sum(tensor_bytes(name, types, "native") for name in names) <= target.cache_kib * 1024
 
 

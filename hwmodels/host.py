@@ -84,9 +84,28 @@ def detect_host(spec):
     except (ValueError, OSError):
         dram_mb = spec.dram_mb
     description = f"{spec.description}: {info.get('model name', 'unknown CPU')}, {cores} cores @ {clock_ghz:.2f} GHz"
+    l2_kib = level2_cache_kib()
     updated = dataclasses.replace(spec, cores=cores, clock_ghz=clock_ghz, peak_gops=peak, dram_mb=round(dram_mb, 1),
-                                  description=description)
+                                  cache_kib=cores * l2_kib if l2_kib else spec.cache_kib, description=description)
     return apply_calibration(updated)
+
+
+def level2_cache_kib(cpu: int = 0) -> float | None:
+    """One core's L2 cache in KiB, from Linux's sysfs (None where it does not say). The cost model
+    counts the L2 of every core mcc runs on as the cache a model can stay in between runs."""
+    for index in sorted(Path(f"/sys/devices/system/cpu/cpu{cpu}/cache").glob("index*")):
+        try:
+            if (index / "level").read_text().strip() != "2":
+                continue
+            size = (index / "size").read_text().strip()
+        except OSError:
+            continue
+        units = {"K": 1.0, "M": 1024.0, "G": 1024.0 ** 2}
+        try:
+            return float(size[:-1]) * units[size[-1]] if size[-1] in units else float(size) / 1024
+        except ValueError:
+            return None
+    return None
 
 
 def _curves(data: dict) -> dict[str, tuple[tuple[float, float], ...]]:
@@ -106,8 +125,9 @@ def _curves(data: dict) -> dict[str, tuple[tuple[float, float], ...]]:
 
 #: bumped whenever `mcc calibrate` changes what it measures: a profile measured otherwise is ignored
 #: (2: the layout transposes the backend adds around a one-op model are no longer charged to it;
-#: 3: the cache bandwidth is measured too)
-CALIBRATION_VERSION = 3
+#: 3: the cache bandwidth is measured too; 4: convolutions timed with channels-last boundaries,
+#: not less their instrumented transposes)
+CALIBRATION_VERSION = 4
 
 
 def apply_calibration(spec):
@@ -126,7 +146,7 @@ def apply_calibration(spec):
         efficiency = {**spec.efficiency, **{k: float(v) for k, v in profile.get("efficiency", {}).items()}}
         sources = dict(spec.sources)
         note = f"calibrated on host by `mcc calibrate` ({profile.get('date', '?')}, {path})"
-        for key in ("efficiency", "memory.dram_bandwidth_gb_s", "overhead.kernel_us"):
+        for key in ("efficiency", "memory.dram_bandwidth_gb_s", "memory.cache_bandwidth_gb_s", "overhead.kernel_us"):
             sources[key] = note
         return dataclasses.replace(
             spec,

@@ -19,7 +19,8 @@ the kh x kw block they belong to (ONNX's DepthToSpace in CRD order):
 
 The same products are summed over the same channels, so the result differs only by summation
 order. Applied (Relax, before the other target rewrites, CPU targets) to `conv2d_transpose` in
-NCHW/IOHW with a constant weight, one group, no dilation, no padding and no output padding.
+NCHW/IOHW with a static input shape, a constant weight, one group, no dilation, no padding and
+no output padding.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ def pointwise_weight(weight: np.ndarray) -> np.ndarray:
 
 def why_not(attrs, weight_shape) -> str | None:
     """The reason a conv2d_transpose call is not rewritten, or None when it is."""
-    ints = lambda values: [int(v) for v in values]  # noqa: E731
+    def ints(values) -> list[int]:
+        return [int(v) for v in values]
+
     if str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "IOHW" or str(attrs.out_layout) != "NCHW":
         return "not NCHW/IOHW"
     if int(attrs.groups) != 1:

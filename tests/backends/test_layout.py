@@ -112,9 +112,10 @@ def test_channel_counts_that_leave_vectors_partial_keep_nchw(tmp_path):
     (3, 2, 0),  # overlapping taps: a transposed convolution, pinned to NCHW
     (2, 3, 1),  # kernel == stride: a 1x1 convolution and a depth-to-space (upsample.py), channels-last too
 ])
-def test_a_transposed_convolution_stays_nchw_between_channels_last_ones(tmp_path, kernel, converted, rewritten):
-    """TVM 0.27 legalizes ConvTranspose in NCHW only: the layout must not flow into it
-    (PP-OCRv5 det's upsampling failed in the VM code generator before it was pinned)."""
+def test_a_transposed_convolution_between_channels_last_ones(tmp_path, kernel, converted, rewritten):
+    """TVM 0.27 legalizes ConvTranspose in NCHW only: the layout must not flow into it (PP-OCRv5
+    det's upsampling failed in the VM code generator before it was pinned). One whose kernel is
+    its stride is a 1x1 convolution by then, which goes channels-last with the others."""
     nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], pads=[1, 1, 1, 1]),
              helper.make_node("Relu", ["a"], ["r"]),
              helper.make_node("ConvTranspose", ["r", "wt"], ["u"], strides=[2, 2], kernel_shape=[kernel, kernel]),
