@@ -30,6 +30,11 @@ def test_calibrate_writes_a_profile_that_host_then_uses(cache, run_mcc):
     assert after.efficiency_curves["conv"] == tuple(map(tuple, profile["efficiency_curves"]["conv"]))
     assert "calibrated on host" in after.sources["efficiency"]
     assert before.sources["efficiency"] != after.sources["efficiency"]
+    # the cache rate: measured, at least the DRAM rate, applied, with its source, and printed
+    assert profile["cache_bandwidth_gb_s"] >= profile["dram_bandwidth_gb_s"] * profile["bandwidth_efficiency"] > 0
+    assert after.cache_bandwidth_gb_s == pytest.approx(profile["cache_bandwidth_gb_s"])
+    assert "calibrated on host" in after.sources["memory.cache_bandwidth_gb_s"]
+    assert "GB/s from cache" in result.stdout
 
 
 def test_corrupt_profile_is_ignored(cache):

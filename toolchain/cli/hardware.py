@@ -145,7 +145,8 @@ def calibrate_command(target, repeat):
 
         profile, path = calibrate(spec, repeat=repeat, progress=advance)
     click.echo(f"calibrated {spec.name}: kernel {profile['kernel_us']:.1f} us, "
-               f"bandwidth {profile['dram_bandwidth_gb_s'] * profile['bandwidth_efficiency']:.1f} GB/s effective")
+               f"bandwidth {profile['dram_bandwidth_gb_s'] * profile['bandwidth_efficiency']:.1f} GB/s effective, "
+               f"{profile['cache_bandwidth_gb_s']:.1f} GB/s from cache")
     for op_class, value in sorted(profile["efficiency"].items()):
         click.echo(f"  efficiency {op_class:<15} {value:.4f}")
     click.echo(f"profile: {path}")
