@@ -136,6 +136,45 @@ def rewrite_functions(mod, rewriter):
     return mod
 
 
+def rewrite_calls(mod, op_name: str, rewrite) -> tuple:
+    """Every call of the Relax op `op_name` offered to `rewrite(call, builder)`, innermost first,
+    which returns the replacement (emitting any bindings it needs on `builder`) or None to keep the
+    call; returns (module, number of calls replaced)."""
+    import tvm
+    from tvm import relax
+
+    op = tvm.ir.Op.get(op_name)
+
+    @relax.expr_functor.mutator
+    class Rewriter(relax.PyExprMutator):
+        def __init__(self, module):
+            super().__init__(module)
+            self.count = 0
+
+        def visit_call_(self, call):
+            call = self.visit_expr_post_order(call)
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.same_as(op)):
+                return call
+            replacement = rewrite(call, self.builder_)
+            if replacement is None:
+                return call
+            self.count += 1
+            return replacement
+
+    rewriter = Rewriter(mod)
+    return rewrite_functions(mod, rewriter), rewriter.count
+
+
+def static_shape(expr) -> list[int] | None:
+    """The static shape of a Relax tensor expression; None when unknown or symbolic."""
+    from tvm import tirx
+
+    shape = getattr(expr.ty, "shape", None)
+    if shape is None or not all(isinstance(dim, tirx.IntImm) for dim in shape):
+        return None
+    return [int(dim) for dim in shape]
+
+
 def use_counts(mod) -> dict:
     """How many times each Relax variable is read, over all functions of `mod`."""
     from tvm import relax

@@ -43,16 +43,6 @@ def distribute_concatenations(mod, target):
     return mod, total
 
 
-def _static_shape(expr) -> list[int] | None:
-    """The static shape of a Relax tensor expression; None when unknown or symbolic."""
-    from tvm import tirx
-
-    shape = getattr(expr.ty, "shape", None)
-    if shape is None or not all(isinstance(dim, tirx.IntImm) for dim in shape):
-        return None
-    return [int(dim) for dim in shape]
-
-
 def _elements(shape) -> int:
     total = 1
     for dim in shape:
@@ -66,7 +56,7 @@ def _make_rewriter(uses: dict):
     from tvm import relax
     from tvm.ir.expr import GenericConst
 
-    from mcc.backends.tvm.common import bound_value
+    from mcc.backends.tvm.common import bound_value, static_shape
 
     conv2d_op = tvm.ir.Op.get("relax.nn.conv2d")
     max_pool_op = tvm.ir.Op.get("relax.nn.max_pool2d")
@@ -104,7 +94,7 @@ def _make_rewriter(uses: dict):
             tensors = concat.args[0]
             if not isinstance(tensors, relax.Tuple) or len(tensors.fields) < 2:
                 return None
-            shapes = [_static_shape(expr) for expr in (call.args[0], call, *tensors.fields)]
+            shapes = [static_shape(expr) for expr in (call.args[0], call, *tensors.fields)]
             if any(shape is None or len(shape) != 4 for shape in shapes) or int(concat.attrs.axis) % 4 != 1:
                 return None
             return list(tensors.fields)

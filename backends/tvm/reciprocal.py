@@ -27,10 +27,9 @@ def multiply_by_reciprocals(mod, target):
     """(module, number of divisions rewritten); unchanged for non-CPU targets."""
     if target.kind.name != "llvm":
         return mod, 0
-    from mcc.backends.tvm.common import rewrite_functions
+    from mcc.backends.tvm.common import rewrite_calls
 
-    rewriter = _make_rewriter()(mod)
-    return rewrite_functions(mod, rewriter), rewriter.count
+    return rewrite_calls(mod, "relax.divide", _by_reciprocal)
 
 
 def reciprocal(divisor: np.ndarray) -> np.ndarray | None:
@@ -46,31 +45,16 @@ def reciprocal(divisor: np.ndarray) -> np.ndarray | None:
     return inverse
 
 
-def _make_rewriter():
-    import tvm
+def _by_reciprocal(call, builder):
+    """x / c as x * (1 / c), or None where c is no float constant that inverts closely."""
     from tvm import relax
     from tvm.ir.expr import GenericConst
 
-    divide_op = tvm.ir.Op.get("relax.divide")
-
-    @relax.expr_functor.mutator
-    class Reciprocals(relax.PyExprMutator):
-        def __init__(self, mod):
-            super().__init__(mod)
-            self.count = 0
-
-        def visit_call_(self, call):
-            call = self.visit_expr_post_order(call)
-            if not (isinstance(call.op, tvm.ir.Op) and call.op.same_as(divide_op)):
-                return call
-            divisor = call.args[1]
-            if not isinstance(divisor, GenericConst):
-                return call
-            inverse = reciprocal(divisor.value.numpy())
-            # the quotient's dtype must be the divisor's (no promotion hidden in the division)
-            if inverse is None or str(getattr(call.ty, "dtype", "")) != inverse.dtype.name:
-                return call
-            self.count += 1
-            return relax.op.multiply(call.args[0], relax.const(inverse))
-
-    return Reciprocals
+    divisor = call.args[1]
+    if not isinstance(divisor, GenericConst):
+        return None
+    inverse = reciprocal(divisor.value.numpy())
+    # the quotient's dtype must be the divisor's (no promotion hidden in the division)
+    if inverse is None or str(getattr(call.ty, "dtype", "")) != inverse.dtype.name:
+        return None
+    return relax.op.multiply(call.args[0], relax.const(inverse))

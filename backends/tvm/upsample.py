@@ -32,10 +32,9 @@ def as_depth_to_space(mod, target):
     """(module, number of transposed convolutions rewritten); unchanged for non-CPU targets."""
     if target.kind.name != "llvm":
         return mod, 0
-    from mcc.backends.tvm.common import rewrite_functions
+    from mcc.backends.tvm.common import rewrite_calls
 
-    rewriter = _make_rewriter()(mod)
-    return rewrite_functions(mod, rewriter), rewriter.count
+    return rewrite_calls(mod, "relax.nn.conv2d_transpose", _as_depth_to_space)
 
 
 def pointwise_weight(weight: np.ndarray) -> np.ndarray:
@@ -60,46 +59,24 @@ def why_not(attrs, weight_shape) -> str | None:
     return None
 
 
-def _static_shape(expr) -> list[int] | None:
-    import tvm
-
-    shape = getattr(expr.ty, "shape", None)
-    if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
-        return None
-    return [int(d) for d in shape]
-
-
-def _make_rewriter():
-    import tvm
+def _as_depth_to_space(call, builder):
+    """The 1x1 convolution and depth-to-space for one conv2d_transpose call, or None."""
     from tvm import relax
     from tvm.ir.expr import GenericConst
 
-    transpose_op = tvm.ir.Op.get("relax.nn.conv2d_transpose")
+    from mcc.backends.tvm.common import static_shape
 
-    @relax.expr_functor.mutator
-    class DepthToSpace(relax.PyExprMutator):
-        def __init__(self, mod):
-            super().__init__(mod)
-            self.count = 0
-
-        def visit_call_(self, call):
-            call = self.visit_expr_post_order(call)
-            if not (isinstance(call.op, tvm.ir.Op) and call.op.same_as(transpose_op)):
-                return call
-            data, weight = call.args
-            if not isinstance(weight, GenericConst):
-                return call
-            values = weight.value.numpy()
-            shape = _static_shape(data)
-            if values.ndim != 4 or shape is None or len(shape) != 4 or why_not(call.attrs, values.shape):
-                return call
-            batch, _, height, width = shape
-            _, outputs, kh, kw = values.shape
-            out_dtype = str(getattr(call.ty, "dtype", "")) or str(values.dtype)
-            z = self.builder_.emit(relax.op.nn.conv2d(data, relax.const(pointwise_weight(values)), out_dtype=out_dtype))
-            blocks = self.builder_.emit(relax.op.reshape(z, [batch, outputs, kh, kw, height, width]))
-            moved = self.builder_.emit(relax.op.permute_dims(blocks, [0, 1, 4, 2, 5, 3]))
-            self.count += 1
-            return relax.op.reshape(moved, [batch, outputs, height * kh, width * kw])
-
-    return DepthToSpace
+    data, weight = call.args
+    if not isinstance(weight, GenericConst):
+        return None
+    values = weight.value.numpy()
+    shape = static_shape(data)
+    if values.ndim != 4 or shape is None or len(shape) != 4 or why_not(call.attrs, values.shape):
+        return None
+    batch, _, height, width = shape
+    _, outputs, kh, kw = values.shape
+    out_dtype = str(getattr(call.ty, "dtype", "")) or str(values.dtype)
+    z = builder.emit(relax.op.nn.conv2d(data, relax.const(pointwise_weight(values)), out_dtype=out_dtype))
+    blocks = builder.emit(relax.op.reshape(z, [batch, outputs, kh, kw, height, width]))
+    moved = builder.emit(relax.op.permute_dims(blocks, [0, 1, 4, 2, 5, 3]))
+    return relax.op.reshape(moved, [batch, outputs, height * kh, width * kw])
