@@ -106,6 +106,7 @@ def bare_tvm(model: onnx.ModelProto, shapes, target, schedules: bool):
     from tvm.relax.frontend.onnx import from_onnx
 
     from mcc.backends.tvm.llvm import lower
+    from mcc.backends.tvm.stack import compile_module
 
     dtypes = {value.name: str(ir.tensor_dtype(value.type.tensor_type.elem_type)) for value in ir.graph_inputs(model)}
     start = time.perf_counter()
@@ -113,7 +114,8 @@ def bare_tvm(model: onnx.ModelProto, shapes, target, schedules: bool):
         warnings.simplefilter("ignore", UserWarning)
         mod = from_onnx(model, shape_dict={name: list(shape) for name, shape in shapes.items()}, dtype_dict=dtypes)
     mod, _ = lower(mod, target, default_schedules=schedules, use_tuning_records=False)
-    executable = tvm.compile(mod, target=target)
+    # mcc's schedules are compiled as mcc compiles them (their tiles on the stack, stack.py)
+    executable = compile_module(mod, target) if schedules else tvm.compile(mod, target=target)
     compile_s = time.perf_counter() - start
     return _InMemoryRunner(executable, [value.name for value in ir.graph_inputs(model)]), compile_s
 

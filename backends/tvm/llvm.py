@@ -5,7 +5,8 @@ concatenations distributed over the convolutions that read them, convolution fil
 the vector width) -> DecomposeOpsForInference, FastMathTransform, the `zero` pipeline
 (legalize, fuse) -> schedules: tuning records from mcc's database where it has them (`tuning.apply_records`), mcc's
 default CPU schedules for every other kernel (`schedules.apply_default_schedules`) -> `tvm.compile`
-for the target -> `export_library` to a shared object. TVM 0.27's `tvm.compile` on CPU does no
+for the target, with small kernel buffers kept on the stack (stack.py) -> `export_library` to a
+shared object. TVM 0.27's `tvm.compile` on CPU does no
 fusion and no scheduling by itself (see shared/notes/tvm-0.27.md, sections 3 and 4).
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 import onnx
 
 from mcc.backends.base import CompiledArtifact
-from mcc.backends.tvm import common
+from mcc.backends.tvm import common, stack
 
 
 def legalize(mod):
@@ -119,7 +120,7 @@ class TvmLlvmBackend:
         timings["schedule"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        executable = tvm.compile(mod, target=target)
+        executable = stack.compile_module(mod, target)
         timings["build"] = time.perf_counter() - start
 
         start = time.perf_counter()

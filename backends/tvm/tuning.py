@@ -660,7 +660,9 @@ def _make_counter():
 
 
 def _build_candidate(mod, target, _params):
-    """MetaSchedule's default LocalBuilder build, minus its `import tvm.s_tir.tensor_intrin`.
+    """MetaSchedule's default LocalBuilder build, minus its `import tvm.s_tir.tensor_intrin`, with
+    the TIR pipeline `mcc compile` builds with (stack.py), so candidates and defaults are timed as
+    they will run.
 
     LocalBuilder starts fresh worker processes for every batch, and that import costs 10-25 s in
     each here (the ~500 TVMScript intrinsics are parsed at import): most of a trial's time. The
@@ -669,8 +671,10 @@ def _build_candidate(mod, target, _params):
     from tvm.driver import build as tvm_build
     from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
+    from mcc.backends.tvm.stack import pipeline_name
+
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
-    return tvm_build(mod, target=target)
+    return tvm_build(mod, target=target, pipeline=pipeline_name(target))
 
 
 def _import_tensor_intrinsics() -> None:
