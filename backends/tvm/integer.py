@@ -24,6 +24,12 @@ Matmuls the same way: `matmul(dequantize(xq), dequantize(Wq [K, N], axis=1))`, o
 `permute_dims(dequantize(Wq [N, K], axis=0))`, become a uint8 x int8 -> int32 matmul with the
 per-column epilogue float(acc) * sx * sw[n] - sx * sw[n] * zu * sum_k Wq[k, n].
 
+A depthwise convolution (one input channel per group) has no channel reduction to group by 4:
+it reads the uint8 activations (padded with the zero point), converts them in registers and
+multiply-adds integer-valued float weights, which float32 lanes sum exactly (at most
+kh * kw * 255 * 128 < 2^24), at FMA speed and on a quarter of the input bytes; the epilogue is
+the one above, `float(acc) * (sx * sw[o]) - sx * sw[o] * zu * sum(Wq[o])`.
+
 Before that rewrite, a per-tensor quantize moves above the channel concatenations and max
 poolings it reads (`_make_hoister`), so it fuses into the epilogue of the convolution before it,
 and int8 activations are quantized to uint8 directly (zero point + 128) rather than converted.
@@ -31,8 +37,9 @@ and int8 activations are quantized to uint8 directly (zero point + 128) rather t
 Shapes the kernels need: input channels (the reduction K) a multiple of 4 (a VNNI group) and
 output channels (columns) a multiple of 16 (one vector of int32 lanes); others are padded with zero
 weights (and the output sliced back); an output width without a divisor that gives the register
-tile many multiply-adds per load is computed a few columns wider; ungrouped NCHW/OIHW convolutions with scalar activation quantization and zero
-weight zero points. Anything else keeps TVM's float lowering.
+tile many multiply-adds per load is computed a few columns wider; ungrouped or depthwise NCHW/OIHW
+convolutions with scalar activation quantization and zero weight zero points. Anything else keeps
+TVM's float lowering.
 """
 
 from __future__ import annotations
@@ -293,7 +300,7 @@ def _make_rewriter():
             attrs = call.attrs
             if str(call.ty.dtype) != "float32":
                 return None
-            if (int(attrs.groups) != 1 or str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW"
+            if (str(attrs.data_layout) != "NCHW" or str(attrs.kernel_layout) != "OIHW"
                     or str(attrs.out_layout) != "NCHW"):
                 return None
             data, weight = (self._producer(arg) for arg in call.args)
@@ -308,6 +315,8 @@ def _make_rewriter():
             out_channels, in_channels = wq.shape[:2]
             sw = np.broadcast_to(sw.astype(np.float64).reshape(-1), (out_channels,))
             zu = zx + (128 if x_dtype == "int8" else 0)
+            if int(attrs.groups) != 1:
+                return self._exact_depthwise(call, xq, sx * sw, zu, x_dtype, wq)
 
             emit = self.builder_.emit
             xu = self._to_uint8(xq, x_dtype)
@@ -341,6 +350,39 @@ def _make_rewriter():
                                        relax.const(scale.reshape(1, -1, 1, 1).astype(np.float32)))
             if zu != 0:
                 offset = -scale * zu * wq.reshape(out_channels, -1).astype(np.int64).sum(axis=1)
+                result = relax.op.add(emit(result), relax.const(offset.reshape(1, -1, 1, 1).astype(np.float32)))
+            self.count += 1
+            return result
+
+        def _exact_depthwise(self, call, xq, scale, zu: int, x_dtype: str, wq):
+            """A quantized depthwise convolution (one input channel per group) on the uint8
+            activations: `(conv2d(pad(xu, zu), float(Wq), groups) - zu * sum(Wq[o])) * (sx * sw[o])`.
+
+            It has no channel reduction for vpdpbusd's groups of 4, and int32 multiplies
+            (vpmulld) run at half the rate of float FMAs. Its products xu * Wq are integers of at
+            most 255 * 128 and a sum of kh * kw of them stays below 2^24, so float32 lanes compute
+            the integer sums exactly. The kernel reads uint8 (a quarter of the bytes; the
+            convolution before it writes them) and converts in registers; its output is
+            requantized in its epilogue. None for other grouped convolutions."""
+            attrs = call.attrs
+            groups = int(attrs.groups)
+            taps = int(np.prod(wq.shape[2:]))
+            if wq.shape[1] != 1 or int(xq.ty.shape[1]) != groups or taps * 255 * 128 >= 2**24:
+                return None
+            emit = self.builder_.emit
+            xu = self._to_uint8(xq, x_dtype)
+            padding = [int(p) for p in attrs.padding]
+            if any(padding) and zu != 0:  # the float input's 0 is the integers' zero point
+                top, left, bottom, right = padding
+                xu = emit(relax.op.nn.pad(xu, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(zu)))
+                padding = [0, 0, 0, 0]
+            # uint8 data, integer-valued float32 weights: the convolution converts as it loads
+            accumulated = emit(relax.op.nn.conv2d(
+                xu, relax.const(wq.astype(np.float32)), strides=attrs.strides, padding=padding,
+                dilation=attrs.dilation, groups=groups, out_dtype="float32"))
+            result = relax.op.multiply(accumulated, relax.const(scale.reshape(1, -1, 1, 1).astype(np.float32)))
+            if zu != 0:
+                offset = -scale * zu * wq.reshape(wq.shape[0], -1).astype(np.int64).sum(axis=1)
                 result = relax.op.add(emit(result), relax.const(offset.reshape(1, -1, 1, 1).astype(np.float32)))
             self.count += 1
             return result

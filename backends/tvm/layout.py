@@ -31,6 +31,8 @@ from __future__ import annotations
 FLOAT_DTYPES = ("float32", "float16")
 #: (data, weight, output) of an integer convolution (integer.py)
 INTEGER_DTYPES = ("uint8", "int8", "int32")
+#: (data, weight, output) of a quantized depthwise convolution (integer.py, `_exact_depthwise`)
+EXACT_DEPTHWISE_DTYPES = ("uint8", "float32", "float32")
 #: the whole model goes channels-last only when at least this share of its convolution work has
 #: output channels filling whole vectors: with 88 or 200 channels the vectors are partial, and
 #: converting only the convolutions that fit adds a transpose pair at every boundary (PP-OCRv5
@@ -135,8 +137,10 @@ def _converts(call) -> bool:
     if all(dtype in FLOAT_DTYPES for dtype in types):
         return True
     # the integer kernels of quantized convolutions (integer.py: uint8 x int8 -> int32, filters
-    # padded to whole vectors, input channels to groups of 4): their schedule takes NHWC too
-    return tuple(types) == INTEGER_DTYPES and int(attrs.groups) == 1
+    # padded to whole vectors, input channels to groups of 4): their schedule takes NHWC too; and
+    # quantized depthwise ones (uint8 data, integer-valued float32 weights, exact float sums)
+    return ((tuple(types) == INTEGER_DTYPES and int(attrs.groups) == 1)
+            or tuple(types) == EXACT_DEPTHWISE_DTYPES)
 
 
 def _layout_transparent_ops(mod):

@@ -148,6 +148,52 @@ def test_grouped_and_float_convolutions_are_not_rewritten():
     assert count == 0
 
 
+DEPTHWISE_CASES = {
+    # int8 activations with a zero point, zero padding: float(x) - zero point pads with 0
+    "3x3_padded_int8": dict(in_channels=32, out_channels=32, kernel=3, pad=1, group=32),
+    # uint8 activations, 5x5 stride 2, requantized output (the quantize in the kernel's epilogue)
+    "5x5_stride2_uint8_requantized": dict(in_channels=32, out_channels=32, kernel=5, pad=2, stride=2, size=15,
+                                          zero_point=128, dtype=np.uint8, requantize=True, relu=False),
+    # a channel multiplier of 2: two filters per input channel
+    "multiplier_2": dict(in_channels=16, out_channels=32, kernel=3, pad=1, group=16),
+}
+
+
+@needs_vnni
+@pytest.mark.parametrize("case", sorted(DEPTHWISE_CASES))
+def test_quantized_depthwise_convolution_reads_integers_and_matches_onnxruntime(case, tmp_path):
+    """A depthwise convolution has no channel reduction for vpdpbusd; its integer sums run exactly
+    in float32 lanes on the uint8 activations (integer.py, `_exact_depthwise`)."""
+    from mcc.backends.tvm import common
+
+    model = qdq_conv(**DEPTHWISE_CASES[case])
+    shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
+    mod, count = lower_quantized_kernels(common.import_onnx(model, {"x": shape}), HOST)
+    assert count == 1
+    # the convolution reads the integers: no dequantize is left in front of it
+    assert "relax.dequantize" not in mod.script()
+    backend = get_backend("tvm-llvm")
+    artifact = backend.compile(model, HOST, {"x": shape}, tmp_path / "m.so")
+    assert artifact.details["integer_kernels"] == 1
+    feed = {"x": np.random.default_rng(1).normal(scale=1.5, size=shape).astype(np.float32)}
+    got, want = backend.load(artifact.library, model).run(feed)[0], ort_run(model, feed)[0]
+    if DEPTHWISE_CASES[case].get("requantize"):
+        assert np.mean(np.abs(got - want) > 1e-6) < 0.01  # a rounding boundary may land a step apart
+        np.testing.assert_allclose(got, want, atol=0.05 + 1e-6)
+    else:
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
+
+
+@needs_vnni
+def test_depthwise_kernels_too_large_for_exact_float_sums_stay_float():
+    from mcc.backends.tvm import common
+
+    # 23 x 23 = 529 taps: 529 * 255 * 128 >= 2^24, float32 would round the integer sum
+    model = qdq_conv(4, 4, 23, size=25, pad=0, group=4)
+    _, count = lower_quantized_kernels(common.import_onnx(model, {"x": (1, 4, 25, 25)}), HOST)
+    assert count == 0
+
+
 def qdq_matmul(rows, depth, columns, *, batch=None, gemm=False, zero_point=3, seed=0):
     """QuantizeLinear -> DequantizeLinear -> MatMul(DequantizeLinear(int8 W [K, N], axis 1)), or a
     Gemm with transB (W stored [N, K], axis 0) and a bias."""

@@ -340,3 +340,25 @@ def test_a_large_depthwise_input_is_read_pixel_by_pixel(size, channel_blocks_inn
     v_ff = re.search(r"v_ff = T\.axis\.spatial\(T\.int64\(64\), (\w+) (%|//) T\.int64\((\d+)\)", text)
     assert v_ff, text
     assert (v_ff.group(2) == "%" and v_ff.group(3) == "4") == channel_blocks_inner, v_ff.group(0)
+
+
+@pytest.mark.parametrize("channels", [32, 24])
+def test_channels_last_depthwise_taps_are_unrolled(channels):
+    """A channels-last depthwise 3x3 has its taps unrolled with the register tile (each input
+    vector then loads once per tap row); NCHW depthwise layers (24 channels: the model stays NCHW)
+    and the 1x1 convolutions around (16 input channels, as short a reduction) keep their loops."""
+    import re
+
+    from mcc.backends.tvm import common, llvm
+
+    model = depthwise_between_pointwise(channels)
+    mod, _ = llvm.lower(common.import_onnx(model, {"x": (1, 16, 20, 20)}), load_target("host").tvm(),
+                        use_tuning_records=False)
+    texts = {gvar.name_hint: func.script() for gvar, func in mod.functions_items()
+             if gvar.name_hint.endswith("_prepacked") or "conv2d" in gvar.name_hint}
+    depthwise = [text for text in texts.values() if "group_conv2d" in text]
+    pointwise = [text for text in texts.values() if "conv2d" in text and "group_conv2d" not in text]
+    assert depthwise and pointwise
+    unrolled_taps = r"for ry in T\.unroll\(T\.int64\(3\)\):\s+for rx in T\.unroll\(T\.int64\(3\)\)"
+    assert all(bool(re.search(unrolled_taps, text)) == (channels == 32) for text in depthwise)
+    assert not any(re.search(r"for rc\w* in T\.unroll\(T\.int64\(16\)\)", text) for text in pointwise)
