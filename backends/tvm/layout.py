@@ -54,9 +54,10 @@ def channels_last(mod, target):
 
     from mcc.backends.tvm.schedules.cpu import CpuInfo
 
-    # dequantized constant weights (a quantized model's depthwise convolutions, which stay float)
-    # folded to the constants the rule converts: otherwise each stayed NCHW between two
-    # channels-last integer kernels, a transpose pair around it
+    # dequantized constant weights (a quantized model's float convolutions: its depthwise ones on
+    # targets without VNNI, where integer.py leaves them) folded to the constants the rule
+    # converts: otherwise each stayed NCHW between two channels-last integer kernels, a transpose
+    # pair around it
     exposed = relax.transform.FoldConstant()(_layout_transparent_ops(mod))
     share = full_vector_share(exposed, CpuInfo.from_target(target).lanes(32))
     if share is None or share < MIN_FULL_VECTOR_SHARE:

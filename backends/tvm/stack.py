@@ -19,9 +19,11 @@ just before `LowerTVMBuiltin`, for CPU targets.
 
 from __future__ import annotations
 
-#: largest buffer (bytes) moved to the stack; a kernel's buffers are allocated once per call of
-#: its parallel body, whose thread stack is 8 MiB
+#: largest buffer (bytes) moved to the stack, and most bytes moved per kernel: LLVM allocates them
+#: in the entry block of the kernel (and of its parallel body), once per call, on the calling
+#: thread's stack (glibc: 8 MiB by default; musl threads get 128 KiB)
 MAX_STACK_BYTES = 16 * 1024
+MAX_STACK_BYTES_PER_KERNEL = 64 * 1024
 #: buffer scopes a CPU kernel allocates that may live on the stack
 STACK_SCOPES = ("local", "global")
 #: the annotation TVM's LowerTVMBuiltin reads (transform::kDisableLowerTVMBuiltin)
@@ -44,19 +46,24 @@ def buffer_bytes(buffer) -> int | None:
 
 
 def on_stack(func):
-    """`func` with its small fixed-size local and global allocations annotated to stay allocas."""
+    """`func` with its small fixed-size local and global allocations annotated to stay allocas
+    (each at most MAX_STACK_BYTES, together at most MAX_STACK_BYTES_PER_KERNEL)."""
     import tvm
     from tvm import tirx
     from tvm_ffi.structural import structural_mutate
 
+    budget = [MAX_STACK_BYTES_PER_KERNEL]
+
     def allocation(node, mutator):
         node = mutator.default_mutate(node)
         size = buffer_bytes(node.buffer)
-        if size is None or size > MAX_STACK_BYTES or node.buffer.scope() not in STACK_SCOPES:
+        if (size is None or size > MAX_STACK_BYTES or size > budget[0]
+                or node.buffer.scope() not in STACK_SCOPES):
             return node
         annotations = dict(node.annotations) if node.annotations else {}
         if _KEEP_ALLOCATION in annotations:
             return node
+        budget[0] -= size
         annotations[_KEEP_ALLOCATION] = tvm.tirx.const(1, "bool")
         return tirx.AllocBuffer(node.buffer, annotations=annotations)
 

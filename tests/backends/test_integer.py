@@ -148,14 +148,38 @@ def test_grouped_and_float_convolutions_are_not_rewritten():
     assert count == 0
 
 
+def _conv_dtypes(mod) -> list[tuple[str, str, str]]:
+    """(data, weight, output) dtypes of every conv2d call in the module's Relax functions."""
+    import tvm
+    from tvm import relax
+
+    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+    found = []
+
+    @relax.expr_functor.visitor
+    class Convs(relax.PyExprVisitor):
+        def visit_call_(self, call):
+            super().visit_call_(call)
+            if call.op.same_as(conv2d):
+                found.append(tuple(str(value.ty.dtype) for value in (call.args[0], call.args[1], call)))
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            Convs().visit_expr(func)
+    return found
+
+
 DEPTHWISE_CASES = {
     # int8 activations with a zero point, zero padding: float(x) - zero point pads with 0
     "3x3_padded_int8": dict(in_channels=32, out_channels=32, kernel=3, pad=1, group=32),
     # uint8 activations, 5x5 stride 2, requantized output (the quantize in the kernel's epilogue)
     "5x5_stride2_uint8_requantized": dict(in_channels=32, out_channels=32, kernel=5, pad=2, stride=2, size=15,
-                                          zero_point=128, dtype=np.uint8, requantize=True, relu=False),
+                                          zero_point=128, dtype=np.uint8, requantize=True, relu=False,
+                                          group=32),
     # a channel multiplier of 2: two filters per input channel
     "multiplier_2": dict(in_channels=16, out_channels=32, kernel=3, pad=1, group=16),
+    # int8 activations with zero point -128 (uint8 zero point 0): the convolution's own padding
+    "3x3_zero_point_0": dict(in_channels=32, out_channels=32, kernel=3, pad=1, group=32, zero_point=-128),
 }
 
 
@@ -170,11 +194,13 @@ def test_quantized_depthwise_convolution_reads_integers_and_matches_onnxruntime(
     shape = tuple(d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim)
     mod, count = lower_quantized_kernels(common.import_onnx(model, {"x": shape}), HOST)
     assert count == 1
-    # the convolution reads the integers: no dequantize is left in front of it
-    assert "relax.dequantize" not in mod.script()
+    # the convolution reads the integers themselves (uint8), with integer-valued float weights
+    assert _conv_dtypes(mod) == [("uint8", "float32", "float32")]
     backend = get_backend("tvm-llvm")
     artifact = backend.compile(model, HOST, {"x": shape}, tmp_path / "m.so")
     assert artifact.details["integer_kernels"] == 1
+    # 32 output channels fill whole vectors: the convolution runs channels-last (layout.py)
+    assert artifact.details["channels_last_convolutions"] == 1
     feed = {"x": np.random.default_rng(1).normal(scale=1.5, size=shape).astype(np.float32)}
     got, want = backend.load(artifact.library, model).run(feed)[0], ort_run(model, feed)[0]
     if DEPTHWISE_CASES[case].get("requantize"):
