@@ -345,13 +345,17 @@ def _make_rewriter():
             if padded.shape[0] != out_channels or extra_columns:
                 accumulated = emit(relax.op.strided_slice(accumulated, axes=[1, 3], begin=[0, 0],
                                                           end=[out_channels, width]))
-            scale = sx * sw
-            result = relax.op.multiply(relax.op.astype(accumulated, "float32"),
-                                       relax.const(scale.reshape(1, -1, 1, 1).astype(np.float32)))
-            if zu != 0:
-                offset = -scale * zu * wq.reshape(out_channels, -1).astype(np.int64).sum(axis=1)
-                result = relax.op.add(emit(result), relax.const(offset.reshape(1, -1, 1, 1).astype(np.float32)))
             self.count += 1
+            return self._channel_epilogue(relax.op.astype(accumulated, "float32"), sx * sw, zu, wq)
+
+        def _channel_epilogue(self, accumulated, scale, zu: int, wq):
+            """A convolution's integer sums (as float32) back to the float result, per output
+            channel o: `acc * scale[o] - scale[o] * zu * sum(Wq[o])`."""
+            result = relax.op.multiply(accumulated, relax.const(scale.reshape(1, -1, 1, 1).astype(np.float32)))
+            if zu != 0:
+                offset = -scale * zu * wq.reshape(wq.shape[0], -1).astype(np.int64).sum(axis=1)
+                result = relax.op.add(self.builder_.emit(result),
+                                      relax.const(offset.reshape(1, -1, 1, 1).astype(np.float32)))
             return result
 
         def _exact_depthwise(self, call, xq, scale, zu: int, x_dtype: str, wq):
@@ -382,11 +386,7 @@ def _make_rewriter():
             accumulated = emit(relax.op.nn.conv2d(
                 xu, relax.const(wq.astype(np.float32)), strides=attrs.strides, padding=padding,
                 dilation=attrs.dilation, groups=groups, out_dtype="float32"))
-            result = relax.op.multiply(accumulated, relax.const(scale.reshape(1, -1, 1, 1).astype(np.float32)))
-            if zu != 0:
-                offset = -scale * zu * wq.reshape(wq.shape[0], -1).astype(np.int64).sum(axis=1)
-                result = relax.op.add(emit(result), relax.const(offset.reshape(1, -1, 1, 1).astype(np.float32)))
             self.count += 1
-            return result
+            return self._channel_epilogue(accumulated, scale, zu, wq)
 
     return QuantizedKernelRewriter
