@@ -101,13 +101,18 @@ class _InMemoryRunner:
 
 
 def bare_tvm(model: onnx.ModelProto, shapes, target, schedules: bool):
-    """(runner, compile s) of the original model through TVM alone (optionally mcc's schedules)."""
+    """(runner, compile s) of the original model through TVM alone, or through mcc's backend
+    without mcc's graph passes (`schedules`: its rewrites, default schedules, float16 computed in
+    float32 where the CPU lacks half arithmetic)."""
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
+    from mcc.backends.tvm import half
     from mcc.backends.tvm.llvm import lower
     from mcc.backends.tvm.stack import compile_module
 
+    if schedules:
+        model = half.for_target(model, target)[0]
     dtypes = {value.name: str(ir.tensor_dtype(value.type.tensor_type.elem_type)) for value in ir.graph_inputs(model)}
     start = time.perf_counter()
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):

@@ -1,6 +1,7 @@
 """TVM for LLVM CPU targets (the host now; aarch64 cross targets later use the same phases).
 
-Import (Relax ONNX frontend) -> target rewrites (quantized ops to integer kernels, channel
+Import (Relax ONNX frontend; a float16 model computed in float32 on a CPU without half-precision
+arithmetic, half.py) -> target rewrites (quantized ops to integer kernels, channel
 concatenations distributed over the convolutions that read them, convolution filters padded to
 the vector width) -> DecomposeOpsForInference, FastMathTransform, the `zero` pipeline
 (legalize, fuse) -> schedules: tuning records from mcc's database where it has them (`tuning.apply_records`), mcc's
@@ -19,6 +20,16 @@ import onnx
 
 from mcc.backends.base import CompiledArtifact
 from mcc.backends.tvm import common, stack
+
+
+def import_for_target(model: onnx.ModelProto, target, input_shapes: dict):
+    """(Relax module, details): the model imported as the target computes it. A float16 model on
+    a CPU without half-precision arithmetic is computed in float32 (half.py); details then count
+    the float16 tensors widened ("float16_computed_as_float32")."""
+    from mcc.backends.tvm import half
+
+    model, widened = half.for_target(model, target)
+    return common.import_onnx(model, input_shapes), {"float16_computed_as_float32": widened}
 
 
 def legalize(mod):
@@ -109,11 +120,12 @@ class TvmLlvmBackend:
 
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        mod = common.import_onnx(model, input_shapes)
+        mod, imported = import_for_target(model, target, input_shapes)
         timings["import"] = time.perf_counter() - start
 
         start = time.perf_counter()
         mod, details = lower(mod, target, default_schedules=default_schedules)
+        details.update(imported)
         # the recurrent nodes the backend unrolled itself before TVM's importer (common.LOWERED_OPS)
         details["lowered_before_import"] = sorted(
             f"{node.op_type} at '{node.name}'" for node in model.graph.node if node.op_type in common.LOWERED_OPS)

@@ -333,10 +333,9 @@ def tuned_flops_fraction(flops: dict[str, float], tuned: list[str]) -> float | N
 def lowered_for_tuning(model, target, input_shapes: dict):
     """The Relax module whose kernels `mcc compile` looks up in the database: imported, then
     legalized and fused exactly as the backend's `lower()` does before it applies records."""
-    from mcc.backends.tvm import common
-    from mcc.backends.tvm.llvm import legalize, rewrite_for_target
+    from mcc.backends.tvm.llvm import import_for_target, legalize, rewrite_for_target
 
-    mod, _ = rewrite_for_target(common.import_onnx(model, input_shapes), target)
+    mod, _ = rewrite_for_target(import_for_target(model, target, input_shapes)[0], target)
     return legalize(mod)
 
 
