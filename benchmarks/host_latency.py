@@ -74,32 +74,6 @@ def time_vm(vm_runner, inputs: dict[str, np.ndarray], repeat: int) -> float:
     return statistics.median(vm_runner.time_ms(inputs, repeat=runs))
 
 
-class _InMemoryRunner:
-    """A Relax VM over an in-memory executable (the bare-TVM columns export nothing)."""
-
-    def __init__(self, executable, input_names: list[str]):
-        import tvm
-        from tvm import relax
-
-        self.device = tvm.cpu(0)
-        self.vm = relax.VirtualMachine(executable, self.device)
-        self.input_names = input_names
-
-    def _arguments(self, inputs):
-        import tvm
-
-        return [tvm.runtime.tensor(np.require(inputs[name], requirements="C"), self.device) for name in self.input_names]
-
-    def run(self, inputs):
-        return self.vm["main"](*self._arguments(inputs))
-
-    def time_ms(self, inputs, repeat: int = 20):
-        arguments = self._arguments(inputs)
-        self.vm["main"](*arguments)
-        evaluator = self.vm.time_evaluator("main", self.device, number=1, repeat=repeat)
-        return [seconds * 1000.0 for seconds in evaluator(*arguments).results]
-
-
 def bare_tvm(model: onnx.ModelProto, shapes, target, schedules: bool):
     """(runner, compile s) of the original model through TVM alone, or through mcc's backend
     without mcc's graph passes (`schedules`: its rewrites, default schedules, float16 computed in
@@ -122,7 +96,9 @@ def bare_tvm(model: onnx.ModelProto, shapes, target, schedules: bool):
     # mcc's schedules are compiled as mcc compiles them (their tiles on the stack, stack.py)
     executable = compile_module(mod, target) if schedules else tvm.compile(mod, target=target)
     compile_s = time.perf_counter() - start
-    return _InMemoryRunner(executable, [value.name for value in ir.graph_inputs(model)]), compile_s
+    from mcc.backends.tvm.common import RelaxVMRunner
+
+    return RelaxVMRunner.in_memory(executable, [value.name for value in ir.graph_inputs(model)]), compile_s
 
 
 def mcc_compile(spec, model_path: Path, output_dir: Path) -> dict:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -231,18 +233,93 @@ def import_onnx(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]
         raise UnsupportedError(f"TVM's ONNX importer rejected the model: {type(exc).__name__}: {first}") from None
 
 
-class RelaxVMRunner:
-    """A compiled library loaded back from disk and run through the Relax VM."""
+def _cpu_list(text: str) -> set[int]:
+    cpus: set[int] = set()
+    for part in text.strip().split(","):
+        if "-" in part:
+            low, high = part.split("-")
+            cpus.update(range(int(low), int(high) + 1))
+        elif part:
+            cpus.add(int(part))
+    return cpus
 
-    def __init__(self, library_path: Path, model: onnx.ModelProto, device: str = "cpu"):
+
+_FREE_CPUS: dict = {}
+
+
+def cpus_free_of_tvm_workers() -> set[int] | None:
+    """The CPUs this thread may use that no TVM worker thread is pinned to, or None (nothing
+    pinned, no such CPU, or no /proc).
+
+    TVM's thread pool pins each worker thread to one CPU and leaves the calling thread, which
+    runs the first task itself, free to run anywhere. On a 2-vCPU VM Linux often leaves the
+    calling thread on the worker's CPU (measured: after an in-process compile, and at random in a
+    fresh process), and then both tasks share one core: a 1x1 convolution ran 97-101 us instead
+    of 50 us, the time it takes on one thread, in 5 of 5 such runs; with the calling thread kept
+    off the worker's CPU, 51-54 us in 3 of 3. Threads with a single-CPU affinity other than this
+    one are taken to be the workers. Cached per set of threads."""
+    try:
+        tasks = frozenset(os.listdir("/proc/self/task"))
+    except OSError:
+        return None
+    if _FREE_CPUS.get("tasks") == tasks:
+        return _FREE_CPUS["free"]
+    me = str(threading.get_native_id())
+    claimed: set[int] = set()
+    for task in tasks - {me}:
+        try:
+            status = Path(f"/proc/self/task/{task}/status").read_text()
+        except OSError:  # the thread ended
+            continue
+        for line in status.splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                cpus = _cpu_list(line.split(":", 1)[1])
+                if len(cpus) == 1:
+                    claimed |= cpus
+    allowed = os.sched_getaffinity(0)
+    free = allowed - claimed
+    result = free if claimed and free and free != allowed else None
+    _FREE_CPUS.update(tasks=tasks, free=result)
+    return result
+
+
+@contextlib.contextmanager
+def off_tvm_worker_cpus():
+    """This thread kept off the CPUs TVM's workers are pinned to while it runs kernels
+    (`cpus_free_of_tvm_workers`); its affinity is restored after, so threads it starts later
+    (onnxruntime's) are not confined."""
+    free = cpus_free_of_tvm_workers()
+    if not free:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, free)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+class RelaxVMRunner:
+    """A compiled library loaded back from disk and run through the Relax VM. Kernels run with
+    the calling thread off the CPUs of TVM's workers (`off_tvm_worker_cpus`)."""
+
+    def __init__(self, library_path: Path | None, model: onnx.ModelProto | None, device: str = "cpu", *,
+                 executable=None, input_names: list[str] | None = None):
         import tvm
         from tvm import relax
 
         use_every_core()
         self.device = tvm.device(device, 0)
-        self.module = tvm.runtime.load_module(str(library_path))
+        self.module = tvm.runtime.load_module(str(library_path)) if executable is None else executable
         self.vm = relax.VirtualMachine(self.module, self.device)
-        self.input_names = [value.name for value in ir.graph_inputs(model)]
+        self.input_names = (input_names if input_names is not None
+                            else [value.name for value in ir.graph_inputs(model)])
+
+    @classmethod
+    def in_memory(cls, executable, input_names: list[str], device: str = "cpu") -> "RelaxVMRunner":
+        """A runner over an executable that was never exported (`tvm.compile`'s result)."""
+        return cls(None, None, device, executable=executable, input_names=input_names)
 
     def _arguments(self, inputs: dict[str, np.ndarray]):
         import tvm
@@ -250,15 +327,19 @@ class RelaxVMRunner:
         return [tvm.runtime.tensor(np.require(inputs[name], requirements="C"), self.device) for name in self.input_names]
 
     def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        result = self.vm["main"](*self._arguments(inputs))
+        arguments = self._arguments(inputs)
+        with off_tvm_worker_cpus():
+            result = self.vm["main"](*arguments)
         return _flatten(result)
 
     def time_ms(self, inputs: dict[str, np.ndarray], repeat: int = 20, number: int = 1) -> list[float]:
         """Per-run latencies in ms from TVM's time_evaluator (after one warm-up call)."""
         arguments = self._arguments(inputs)
-        self.vm["main"](*arguments)
+        self.vm["main"](*arguments)  # starts TVM's thread pool on the first call
         evaluator = self.vm.time_evaluator("main", self.device, number=number, repeat=repeat)
-        return [seconds * 1000.0 for seconds in evaluator(*arguments).results]
+        with off_tvm_worker_cpus():
+            results = evaluator(*arguments).results
+        return [seconds * 1000.0 for seconds in results]
 
     def kernel_ms(self, inputs: dict[str, np.ndarray], repeat: int = 20) -> dict[str, float]:
         """Mean ms per run spent in each function the VM calls (kernels and VM builtins), by name.
@@ -282,8 +363,9 @@ class RelaxVMRunner:
 
         self.vm.set_instrument(instrument)
         try:
-            for _ in range(repeat):
-                self.vm["main"](*arguments)
+            with off_tvm_worker_cpus():
+                for _ in range(repeat):
+                    self.vm["main"](*arguments)
         finally:
             self.vm.set_instrument(None)
         return {name: seconds * 1000.0 / repeat for name, seconds in spent.items()}

@@ -502,7 +502,7 @@ def _tune_pending(pending, target, database, summary: TuneSummary, deadline: flo
     cores = int(target.attrs.get("num-cores") or os.cpu_count() or 1)
     builder = ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S, f_build=_build_candidate)
     if runner is None:
-        runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S)
+        runner = local_runner()
     cost_model = ms.cost_model.CostModel.create("xgb", num_tuning_cores=cores) if search == "evolutionary" else None
     counter = _make_counter()
     callbacks = [ms.measure_callback.AddToDatabase(), ms.measure_callback.RemoveBuildArtifact()]
@@ -632,6 +632,42 @@ def _seed_default_schedules(pending, target, defaults, builder, runner, deadline
         defaults.commit_tuning_record(ms.database.TuningRecord(sch.trace, workload, result.run_secs, target, args_info))
         measured += 1
     return measured
+
+
+#: the name `local_runner`'s worker process registers its evaluator under
+RUN_EVALUATOR = "mcc.tuning.run_evaluator_off_worker_cpus"
+
+
+def _register_run_evaluator() -> None:
+    """The LocalRunner worker process's initializer: registers RUN_EVALUATOR, MetaSchedule's
+    evaluator run with the calling thread off the CPUs of TVM's pinned workers
+    (`common.off_tvm_worker_cpus`). Without it, a candidate whose worker thread shared the
+    calling thread's CPU measured at one thread's speed (2x on this 2-vCPU VM), at random."""
+    import tvm
+    from tvm.s_tir.meta_schedule.runner.config import EvaluatorConfig
+    from tvm.s_tir.meta_schedule.runner.utils import run_evaluator_common
+
+    from mcc.backends.tvm import common
+
+    def run_evaluator(rt_mod, device, evaluator_config, repeated_args):
+        if not hasattr(evaluator_config, "number"):  # a global function's arguments arrive as FFI arrays
+            number, repeat, min_repeat_ms, flush = (x for x in evaluator_config)
+            evaluator_config = EvaluatorConfig(int(number), int(repeat), int(min_repeat_ms), bool(flush))
+        if common.cpus_free_of_tvm_workers() is None:
+            # TVM's pool starts with the first parallel kernel: one unpinned run starts it
+            run_evaluator_common(rt_mod, device, evaluator_config, repeated_args[:1])
+        with common.off_tvm_worker_cpus():
+            return run_evaluator_common(rt_mod, device, evaluator_config, repeated_args)
+
+    tvm.register_global_func(RUN_EVALUATOR, run_evaluator, override=True)
+
+
+def local_runner():
+    """MetaSchedule's LocalRunner, its evaluator run off TVM's worker CPUs (`_register_run_evaluator`)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, f_run_evaluator=RUN_EVALUATOR,
+                                 initializer=_register_run_evaluator)
 
 
 def _make_counter():

@@ -398,3 +398,24 @@ def test_tune_resumes_after_a_kill(mcc_exe, tmp_path):
     assert again.returncode == 0, again.stderr
     assert "4 kernels: 0 tuned now, 4 already in the database; 0 trials" in again.stdout
     assert records.read_text().splitlines() == after
+
+
+def test_the_local_runner_measures_with_mccs_evaluator():
+    """MetaSchedule's LocalRunner measures in a worker process with mcc's evaluator (the calling
+    thread off TVM's worker CPUs): registered there by its initializer, called with FFI arguments."""
+    import tvm
+    from tvm import te
+    from tvm.s_tir import meta_schedule as ms
+
+    target = load_target("host").tvm()
+    a = te.placeholder((4096,), name="a")
+    func = te.create_prim_func([a, te.compute((4096,), lambda i: a[i] * 2.0, name="b")])
+    built = ms.builder.LocalBuilder(f_build=tuning._build_candidate).build(
+        [ms.builder.BuilderInput(tvm.IRModule({"main": func}), target)])[0]
+    assert built.error_msg is None
+    runner = tuning.local_runner()
+    assert runner.f_run_evaluator == tuning.RUN_EVALUATOR
+    for _ in range(2):  # the second candidate finds TVM's pool started
+        result = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu",
+                                                   ms.arg_info.ArgInfo.from_prim_func(func))])[0].result()
+        assert result.error_msg is None and len(result.run_secs) > 0

@@ -150,3 +150,67 @@ def test_tvm_runs_on_every_core_unless_told_otherwise(preset):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     threads, cores = (int(value) for value in out.split())
     assert threads == (cores if preset is None else 1)
+
+
+def test_cpu_lists_parse():
+    from mcc.backends.tvm.common import _cpu_list
+
+    assert _cpu_list("0-3,8,10-11\n") == {0, 1, 2, 3, 8, 10, 11}
+    assert _cpu_list("1") == {1}
+
+
+@pytest.mark.skipif(len(__import__("os").sched_getaffinity(0)) < 2, reason="needs 2 CPUs for TVM worker threads")
+def test_the_runner_keeps_the_calling_thread_off_the_tvm_workers_cpus(tmp_path, monkeypatch):
+    """TVM pins its worker threads, one CPU each; the calling thread runs the first task itself and
+    must not share a worker's CPU (it did on this 2-vCPU VM, halving every parallel kernel), and
+    gets its own affinity back after each run."""
+    import os
+    from pathlib import Path
+
+    from mcc.backends.tvm import common
+
+    weights = numpy_helper.from_array(np.random.default_rng(0).normal(size=(32, 16, 3, 3)).astype(np.float32), "w")
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 64, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 64, 64])], initializer=[weights]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    backend = get_backend("tvm-llvm")
+    artifact = backend.compile(model, load_target("host").tvm(), {"x": (1, 16, 64, 64)}, tmp_path / "m.so")
+    runner = backend.load(artifact.library, model)
+    feed = {"x": np.ones((1, 16, 64, 64), np.float32)}
+    before = os.sched_getaffinity(0)
+    runner.run(feed)  # TVM's pool exists from here on
+    workers = set()
+    for task in os.listdir("/proc/self/task"):
+        status = Path(f"/proc/self/task/{task}/status").read_text()
+        cpus = common._cpu_list(next(line for line in status.splitlines()
+                                     if line.startswith("Cpus_allowed_list")).split(":")[1])
+        if len(cpus) == 1 and int(task) != __import__("threading").get_native_id():
+            workers |= cpus
+    if not workers:
+        pytest.skip("TVM pinned no worker thread here (TVM_BIND_THREADS=0 or one thread)")
+    free = common.cpus_free_of_tvm_workers()
+    assert free and not free & workers and free <= before
+    with common.off_tvm_worker_cpus():
+        assert os.sched_getaffinity(0) == free
+    assert os.sched_getaffinity(0) == before
+    # the runner's own calls run inside it
+    seen = []
+    real_vm = runner.vm
+
+    class Recording:
+        def __getitem__(self, name):
+            def call(*args):
+                seen.append(os.sched_getaffinity(0))
+                return real_vm[name](*args)
+            return call
+
+        def time_evaluator(self, *args, **kwargs):
+            return real_vm.time_evaluator(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "vm", Recording())
+    runner.run(feed)
+    assert seen == [free]
+    assert len(runner.time_ms(feed, repeat=2)) == 2
+    assert os.sched_getaffinity(0) == before
