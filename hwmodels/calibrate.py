@@ -248,6 +248,7 @@ def fit_profile(spec: TargetSpec, measured: dict[str, float]) -> dict:
                                efficiency={name: 1.0 for name in spec.efficiency}, efficiency_curves={})
     per_class: dict[str, list[float]] = {}
     curve_points: dict[str, list[tuple[float, float]]] = {}  # class -> (curve size, efficiency)
+    points: list[tuple[str, str, float, float]] = []  # (class, bound or lower, compute_s / work_s, curve size)
     for name, latency_ms in measured.items():
         benchmark = benchmarks[name]
         if benchmark.op_class in ("overhead", "bandwidth", "cache_bandwidth"):
@@ -263,11 +264,20 @@ def fit_profile(spec: TargetSpec, measured: dict[str, float]) -> dict:
         # Within 10 % of the memory time a kernel is memory-bound: compute_s / work_s is then only a
         # lower bound of the efficiency, used when a class has no compute-bound measurement.
         kind = "bound" if work_s > 1.1 * memory_s else "lower"
-        efficiency_point = min(compute_s / work_s, 1.0)
-        per_class.setdefault(benchmark.op_class, {"bound": [], "lower": []})[kind].append(efficiency_point)
+        size = 0.0
         if benchmark.op_class in CURVE_CLASSES:
-            anchor = next(node for node in works if node.name == kernel.name)
-            curve_points.setdefault(benchmark.op_class, []).append((curve_size(anchor), efficiency_point))
+            size = curve_size(next(node for node in works if node.name == kernel.name))
+        points.append((benchmark.op_class, kind, compute_s / work_s, size))
+    # A compute-bound kernel faster than the nominal peak means the cores run above the clock
+    # /proc/cpuinfo reports (an AMD EPYC VM reads 2.6 GHz; its 1x1 convolutions reached 1.5x that
+    # peak). The peak is scaled by the fastest such kernel and efficiencies are taken against it,
+    # where clamping them at 1 predicted squeezenet 74 % slow.
+    peak_scale = max([1.0] + [raw for _, kind, raw, _ in points if kind == "bound"])
+    for op_class, kind, raw, size in points:
+        efficiency_point = min(raw / peak_scale, 1.0)
+        per_class.setdefault(op_class, {"bound": [], "lower": []})[kind].append(efficiency_point)
+        if op_class in CURVE_CLASSES:
+            curve_points.setdefault(op_class, []).append((size, efficiency_point))
     efficiency = dict(spec.efficiency)
     for op_class, values in per_class.items():
         if values["bound"]:
@@ -284,6 +294,7 @@ def fit_profile(spec: TargetSpec, measured: dict[str, float]) -> dict:
         "dram_bandwidth_gb_s": float(f"{peak_gb_s:.6g}"),
         "cache_bandwidth_gb_s": float(f"{cache_gb_s:.6g}"),
         "kernel_us": float(f"{kernel_us:.6g}"),
+        "peak_scale": float(f"{peak_scale:.6g}"),
     }
 
 

@@ -68,6 +68,20 @@ def test_a_profile_measured_with_other_schedules_or_method_is_ignored(cache):
         assert ("calibrated on host" in target.sources["efficiency"]) is applied
 
 
+def test_a_profiles_peak_scale_raises_the_hosts_peak(cache):
+    from mcc.backends.tvm.schedules import SCHEDULES_VERSION
+    from mcc.hwmodels.host import CALIBRATION_VERSION, calibration_path
+
+    nominal = load_target("host").peak_gops
+    path = calibration_path()
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"efficiency": {"conv": 0.5}, "peak_scale": 1.5, "schedules_version": SCHEDULES_VERSION,
+                                "calibration_version": CALIBRATION_VERSION}))
+    target = load_target("host")
+    assert target.peak_gops == pytest.approx({k: 1.5 * v for k, v in nominal.items()})
+    assert "x1.5 measured by `mcc calibrate`" in target.sources["compute.peak_gops"]
+
+
 def test_only_the_host_calibrates_itself(run_mcc, cache):
     result = run_mcc("calibrate", "--target", "raspberry-pi-4", env={"MCC_CACHE_DIR": str(cache)})
     assert result.returncode == 2 and "is not the host" in result.stderr
@@ -93,6 +107,28 @@ def test_fit_recovers_known_efficiencies():
     assert profile["kernel_us"] == pytest.approx(3.0)
     for op_class, value in (("conv", 0.02), ("matmul", 0.04), ("reduction", 0.01)):
         assert profile["efficiency"][op_class] == pytest.approx(value, rel=1e-3)
+
+
+def test_kernels_faster_than_the_nominal_peak_scale_the_peak():
+    """A CPU that boosts above the clock /proc/cpuinfo reports runs compute-bound kernels faster
+    than the nominal peak: the fit scales the peak by the fastest of them (instead of clamping
+    efficiencies at 1), and the calibrated host target predicts those latencies again."""
+    import dataclasses
+
+    from mcc.hwmodels.calibrate import BENCHMARKS, fit_profile
+    from mcc.hwmodels.costmodel import estimate
+
+    spec = dataclasses.replace(load_target("host"), efficiency_curves={})
+    boosted = dataclasses.replace(spec, kernel_overhead_us=1.0, bandwidth_efficiency=1.0,
+                                  peak_gops={k: 1.5 * v for k, v in spec.peak_gops.items()},
+                                  efficiency={**spec.efficiency, "conv": 0.9, "pointwise_conv": 1.0, "matmul": 0.5})
+    measured = {b.name: 1.0e-3 if b.op_class == "overhead" else estimate(b.build(), boosted).latency_ms
+                for b in BENCHMARKS}
+    profile = fit_profile(spec, measured)
+    assert profile["peak_scale"] == pytest.approx(1.5, rel=1e-3)
+    assert profile["efficiency"]["pointwise_conv"] == pytest.approx(1.0, rel=1e-3)
+    assert profile["efficiency"]["conv"] == pytest.approx(0.9, rel=1e-3)
+    assert profile["efficiency"]["matmul"] == pytest.approx(0.5, rel=1e-3)
 
 
 def test_efficiency_curve_fit_and_interpolation():
