@@ -14,6 +14,11 @@ and with the same seeded random inputs:
   of that second compile.
 - **onnxruntime**: `ORT_ENABLE_ALL`, as many intra-op threads as TVM uses.
 
+Every TVM column runs through mcc's `RelaxVMRunner`, which keeps the calling thread off the CPUs
+TVM pins its workers to (`common.off_tvm_worker_cpus`; without it a parallel kernel ran at one
+thread's speed whenever Linux left the two on one CPU): "plain" is TVM's compiler alone, not
+TVM's runtime without that.
+
 Latencies are medians (TVM: `time_evaluator`, one warm-up; onnxruntime: after a warm-up), and
 onnxruntime and the fast TVM artifacts take turns over `--rounds` rounds (the median of the round
 medians is reported): this VM's speed shifts by up to 1.7x between stretches of time, and taking

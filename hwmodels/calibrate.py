@@ -10,10 +10,15 @@ no layout transpose is timed with it (`channels_last_io`). The fit:
    `bandwidth_efficiency` = effective / the target's `dram_bandwidth_gb_s` (the peak is raised
    to the measurement if the assumed peak was lower). A small one (3 x 256 KiB) stays in cache
    between runs: `cache_bandwidth_gb_s`, the rate of a model that fits in `cache_kib`.
-3. per op class: for each benchmark, the efficiency that makes the roofline prediction equal the
+3. the peak: when compute-bound kernels run faster than the peak the reported clock gives (a CPU
+   boosting above /proc/cpuinfo's "cpu MHz"), the peak is scaled by the fastest of them
+   (`peak_scale`, at most MAX_PEAK_SCALE, from kernels that ran at least 5x the dispatch cost)
+   and the profile keeps the effective clock, so a later clock reading does not move it.
+   Fitted against the host as detected, never against an earlier profile's peak.
+4. per op class: for each benchmark, the efficiency that makes the roofline prediction equal the
    measurement, eff = compute_s(eff = 1) / (time - overhead), when the kernel is compute-bound at
    that efficiency; the class's efficiency is the geometric mean over its shapes.
-4. convolutions (all three conv classes) and matmuls also as a curve over reduction length
+5. convolutions (all three conv classes) and matmuls also as a curve over reduction length
    (`fit_curve`), which the cost model interpolates when a profile has one.
 
 The profile is written to the user cache (`hwmodels.host.calibration_path()`), keyed by the CPU,
@@ -37,13 +42,17 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from mcc.hwmodels import CURVE_CLASSES, TargetSpec
+from mcc.hwmodels import CURVE_CLASSES, TargetSpec, load_target
 from mcc.hwmodels.costmodel import curve_size, estimate
 from mcc.hwmodels.workload import model_work
 from mcc.toolchain import ir
 from mcc.backends.tvm.schedules import SCHEDULES_VERSION
 from mcc.hwmodels.host import CALIBRATION_VERSION, calibration_path, cpu_fingerprint
 
+
+#: the most the fit raises the host's peak above the reported clock's: boost clocks stay within 2x
+#: of base; a larger ratio is a mismeasured kernel
+MAX_PEAK_SCALE = 2.0
 
 @dataclass(frozen=True)
 class MicroBenchmark:
@@ -248,7 +257,8 @@ def fit_profile(spec: TargetSpec, measured: dict[str, float]) -> dict:
                                efficiency={name: 1.0 for name in spec.efficiency}, efficiency_curves={})
     per_class: dict[str, list[float]] = {}
     curve_points: dict[str, list[tuple[float, float]]] = {}  # class -> (curve size, efficiency)
-    points: list[tuple[str, str, float, float]] = []  # (class, bound or lower, compute_s / work_s, curve size)
+    # (class, bound or lower, compute_s / work_s, curve size, work_s)
+    points: list[tuple[str, str, float, float, float]] = []
     for name, latency_ms in measured.items():
         benchmark = benchmarks[name]
         if benchmark.op_class in ("overhead", "bandwidth", "cache_bandwidth"):
@@ -267,13 +277,14 @@ def fit_profile(spec: TargetSpec, measured: dict[str, float]) -> dict:
         size = 0.0
         if benchmark.op_class in CURVE_CLASSES:
             size = curve_size(next(node for node in works if node.name == kernel.name))
-        points.append((benchmark.op_class, kind, compute_s / work_s, size))
+        points.append((benchmark.op_class, kind, compute_s / work_s, size, work_s))
     # A compute-bound kernel faster than the nominal peak means the cores run above the clock
     # /proc/cpuinfo reports (an AMD EPYC VM reads 2.6 GHz; its 1x1 convolutions reached 1.5x that
     # peak). The peak is scaled by the fastest such kernel and efficiencies are taken against it,
     # where clamping them at 1 predicted squeezenet 74 % slow.
-    peak_scale = max([1.0] + [raw for _, kind, raw, _ in points if kind == "bound"])
-    for op_class, kind, raw, size in points:
+    peak_scale = min(max([1.0] + [raw for _, kind, raw, _, work_s in points
+                                  if kind == "bound" and work_s >= 5 * overhead_s]), MAX_PEAK_SCALE)
+    for op_class, kind, raw, size, _ in points:
         efficiency_point = min(raw / peak_scale, 1.0)
         per_class.setdefault(op_class, {"bound": [], "lower": []})[kind].append(efficiency_point)
         if op_class in CURVE_CLASSES:
@@ -295,6 +306,7 @@ def fit_profile(spec: TargetSpec, measured: dict[str, float]) -> dict:
         "cache_bandwidth_gb_s": float(f"{cache_gb_s:.6g}"),
         "kernel_us": float(f"{kernel_us:.6g}"),
         "peak_scale": float(f"{peak_scale:.6g}"),
+        "effective_clock_ghz": float(f"{spec.clock_ghz * peak_scale:.6g}"),
     }
 
 
@@ -318,6 +330,11 @@ def fit_curve(points: list[tuple[float, float]]) -> list[list[float]]:
 
 def calibrate(spec: TargetSpec, repeat: int = 10, progress: Callable[[str], None] | None = None) -> tuple[dict, Path]:
     """Run every micro-benchmark, fit the profile, and save it atomically in the user cache."""
+    from mcc.hwmodels.host import without_profile
+
+    if spec.detect_host and spec.path:
+        with without_profile():  # the host as detected: an earlier profile's peak is not the base
+            spec = load_target(spec.path)
     measured: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="mcc-calibrate-") as work:
         for benchmark in BENCHMARKS:

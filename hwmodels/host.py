@@ -14,6 +14,7 @@ the user cache; `detect_host` applies it when present, and the target's sources 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -131,9 +132,23 @@ def _curves(data: dict) -> dict[str, tuple[tuple[float, float], ...]]:
 CALIBRATION_VERSION = 5
 
 
+_PROFILE_OFF: list[bool] = []
+
+
+@contextlib.contextmanager
+def without_profile():
+    """`load_target("host")` returns the host as detected, no calibration profile applied (what
+    `mcc calibrate` fits against)."""
+    _PROFILE_OFF.append(True)
+    try:
+        yield
+    finally:
+        _PROFILE_OFF.pop()
+
+
 def apply_calibration(spec):
     path = calibration_path()
-    if not path.is_file():
+    if _PROFILE_OFF or not path.is_file():
         return spec
     try:
         profile = json.loads(path.read_text())
@@ -149,13 +164,15 @@ def apply_calibration(spec):
         note = f"calibrated on host by `mcc calibrate` ({profile.get('date', '?')}, {path})"
         for key in ("efficiency", "memory.dram_bandwidth_gb_s", "memory.cache_bandwidth_gb_s", "overhead.kernel_us"):
             sources[key] = note
-        peak_scale = float(profile.get("peak_scale", 1.0))
-        if peak_scale > 1.0:
-            sources["compute.peak_gops"] = (f"{spec.sources.get('compute.peak_gops', 'nominal')}, x{peak_scale:.3g} "
-                                            f"measured by `mcc calibrate` (the cores run above the reported clock)")
+        # the peak at the clock the calibration measured (kernels faster than the reported clock
+        # allows), whatever the clock reads now
+        clock_ghz = float(profile.get("effective_clock_ghz", 0.0)) or spec.clock_ghz
+        if clock_ghz != spec.clock_ghz:
+            sources["compute.peak_gops"] = (f"at an effective {clock_ghz:.2f} GHz measured by `mcc calibrate` "
+                                            f"(/proc/cpuinfo reads {spec.clock_ghz:.2f} GHz)")
         return dataclasses.replace(
             spec,
-            peak_gops={name: value * max(peak_scale, 1.0) for name, value in spec.peak_gops.items()},
+            peak_gops={name: value * clock_ghz / spec.clock_ghz for name, value in spec.peak_gops.items()},
             efficiency=efficiency,
             bandwidth_efficiency=float(profile.get("bandwidth_efficiency", spec.bandwidth_efficiency)),
             dram_bandwidth_gb_s=float(profile.get("dram_bandwidth_gb_s", spec.dram_bandwidth_gb_s)),

@@ -245,6 +245,7 @@ def _cpu_list(text: str) -> set[int]:
 
 
 _FREE_CPUS: dict = {}
+_FREE_CPUS_LOCK = threading.Lock()
 
 
 def cpus_free_of_tvm_workers() -> set[int] | None:
@@ -257,14 +258,19 @@ def cpus_free_of_tvm_workers() -> set[int] | None:
     fresh process), and then both tasks share one core: a 1x1 convolution ran 97-101 us instead
     of 50 us, the time it takes on one thread, in 5 of 5 such runs; with the calling thread kept
     off the worker's CPU, 51-54 us in 3 of 3. Threads with a single-CPU affinity other than this
-    one are taken to be the workers. Cached per set of threads."""
+    one are taken to be the workers, so two threads running kernels at once (each pinned by
+    this) may take each other for one: mcc runs kernels from one thread. Cached per set of
+    threads, calling thread and its affinity."""
     try:
         tasks = frozenset(os.listdir("/proc/self/task"))
+        allowed = os.sched_getaffinity(0)
     except OSError:
         return None
-    if _FREE_CPUS.get("tasks") == tasks:
-        return _FREE_CPUS["free"]
     me = str(threading.get_native_id())
+    key = (tasks, me, frozenset(allowed))
+    with _FREE_CPUS_LOCK:
+        if key in _FREE_CPUS:
+            return _FREE_CPUS[key]
     claimed: set[int] = set()
     for task in tasks - {me}:
         try:
@@ -276,10 +282,12 @@ def cpus_free_of_tvm_workers() -> set[int] | None:
                 cpus = _cpu_list(line.split(":", 1)[1])
                 if len(cpus) == 1:
                     claimed |= cpus
-    allowed = os.sched_getaffinity(0)
     free = allowed - claimed
     result = free if claimed and free and free != allowed else None
-    _FREE_CPUS.update(tasks=tasks, free=result)
+    with _FREE_CPUS_LOCK:
+        if len(_FREE_CPUS) > 64:  # threads come and go: keep the cache small
+            _FREE_CPUS.clear()
+        _FREE_CPUS[key] = result
     return result
 
 
@@ -293,7 +301,11 @@ def off_tvm_worker_cpus():
         yield
         return
     before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, free)
+    try:
+        os.sched_setaffinity(0, free)
+    except OSError:  # the cpuset changed under the cache: run unrestricted
+        yield
+        return
     try:
         yield
     finally:

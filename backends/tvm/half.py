@@ -2,8 +2,8 @@
 
 TVM compiles a float16 kernel with float16 arithmetic. Where the CPU has it (x86 AVX512-FP16,
 AArch64 FP16), LLVM emits native instructions: squeezenet fp16 ran 782 `vfmadd*ph` and 0.65-0.72x
-the float32 time on a Xeon with AVX512-FP16. Where it has not (AMD Zen 5, every x86 before
-Sapphire Rapids), LLVM promotes *every operation* to float32 and rounds its result back to float16:
+the float32 time on a Xeon with AVX512-FP16. Where it has not (x86 without AVX512-FP16: AMD Zen,
+Intel's client parts and older Xeons; AArch64 before ARMv8.2), LLVM promotes *every operation* to float32 and rounds its result back to float16:
 two conversions per multiply-add, and a float16 accumulator. squeezenet fp16 measured 13.2 ms
 there, 7.8x its float32 twin (1.70 ms) and 8.1x onnxruntime, which computes such nodes in float32.
 
@@ -79,6 +79,10 @@ def float16_as_float32(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
         return model, 0
     if {t.name for t in graph.initializer} & {v.name for v in graph.output}:
         return model, 0  # a constant output (no node writes it): left as written
+    if len(model.functions) or len(graph.sparse_initializer) or any(
+            attribute.HasField("sparse_tensor") or len(attribute.tensors) for node in graph.node
+            for attribute in node.attribute):
+        return model, 0  # local functions, sparse or tensor-list constants: left as written
     out = onnx.ModelProto()
     out.CopyFrom(model)
     graph = out.graph
@@ -101,18 +105,22 @@ def float16_as_float32(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     initializers = {t.name for t in graph.initializer}
     entry, renames = [], {}
     for value in graph.input:
-        if value.name in initializers or value.type.tensor_type.elem_type != TensorProto.FLOAT16:
+        if value.type.tensor_type.elem_type != TensorProto.FLOAT16:
+            continue
+        if value.name in initializers:  # an initializer listed as an input (IR < 4): widened with it
+            value.type.tensor_type.elem_type = TensorProto.FLOAT
             continue
         inside = ir.unique_name(value.name + FLOAT32_SUFFIX, taken)
         renames[value.name] = inside
         entry.append(onnx.helper.make_node("Cast", [value.name], [inside], to=TensorProto.FLOAT,
                                            name=ir.unique_name(inside + "_cast", taken)))
     ir.rename_reads(graph, renames)
-    exits = []
+    exits, done = [], set()
     inputs = {value.name for value in graph.input}
     for value in graph.output:
-        if value.type.tensor_type.elem_type != TensorProto.FLOAT16 or value.name in inputs:
-            continue  # a graph input passed through keeps its float16 tensor
+        if value.type.tensor_type.elem_type != TensorProto.FLOAT16 or value.name in inputs | done:
+            continue  # a graph input passed through keeps its float16 tensor; a repeated output, its cast
+        done.add(value.name)
         # the node that writes the output writes its float32 twin, which its readers read
         inside = ir.unique_name(value.name + FLOAT32_SUFFIX, taken)
         for node in graph.node:

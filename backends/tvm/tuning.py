@@ -649,12 +649,16 @@ def _register_run_evaluator() -> None:
 
     from mcc.backends.tvm import common
 
+    warmed: list[bool] = []
+
     def run_evaluator(rt_mod, device, evaluator_config, repeated_args):
         if not hasattr(evaluator_config, "number"):  # a global function's arguments arrive as FFI arrays
             number, repeat, min_repeat_ms, flush = (x for x in evaluator_config)
             evaluator_config = EvaluatorConfig(int(number), int(repeat), int(min_repeat_ms), bool(flush))
-        if common.cpus_free_of_tvm_workers() is None:
-            # TVM's pool starts with the first parallel kernel: one unpinned run starts it
+        if not warmed and common.cpus_free_of_tvm_workers() is None:
+            # TVM's pool starts with the first parallel kernel: the worker process's first
+            # candidate runs once unpinned to start it
+            warmed.append(True)
             run_evaluator_common(rt_mod, device, evaluator_config, repeated_args[:1])
         with common.off_tvm_worker_cpus():
             return run_evaluator_common(rt_mod, device, evaluator_config, repeated_args)

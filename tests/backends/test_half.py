@@ -102,9 +102,14 @@ def test_the_host_backend_computes_float16_as_its_cpu_can(tmp_path):
     computes in float16 and the report says so; with it, the model compiles as written."""
     from mcc.backends.tvm import tuning
 
+    import platform
+    from pathlib import Path
+
     model = _half_model()
     target = load_target("host").tvm()
     native = half.has_half_arithmetic(target)
+    if platform.machine() == "x86_64":  # the CPU's own word, independent of LLVM's feature table
+        assert native == ("avx512_fp16" in Path("/proc/cpuinfo").read_text().split())
     backend = get_backend("tvm-llvm")
     artifact = backend.compile(model, target, {"x": (1, 3, 16, 16)}, tmp_path / "m.so")
     assert artifact.details["float16_computed_as_float32"] == (0 if native else 8)
@@ -118,3 +123,17 @@ def test_the_host_backend_computes_float16_as_its_cpu_can(tmp_path):
     convolutions = [func.script() for gv, func in mod.functions_items() if "conv2d" in gv.name_hint]
     assert len(convolutions) == 1
     assert ("float16" in convolutions[0]) is native
+
+
+def test_an_initializer_listed_as_an_input_is_widened_with_its_input_entry():
+    """IR < 4 lists initializers among the graph inputs: the entry's type follows the widened
+    tensor, or onnxruntime refuses the model."""
+    model = _half_model()
+    w = next(t for t in model.graph.initializer if t.name == "w")
+    model.graph.input.append(helper.make_tensor_value_info("w", TensorProto.FLOAT16, list(w.dims)))
+    converted, _ = half.float16_as_float32(model)
+    onnx.checker.check_model(converted)
+    assert {v.name: v.type.tensor_type.elem_type for v in converted.graph.input}["w"] == TensorProto.FLOAT
+    feed = {"x": np.random.default_rng(3).normal(size=(1, 3, 16, 16)).astype(np.float16)}
+    for w_, g in zip(ort_run(model, feed), ort_run(converted, feed), strict=True):
+        np.testing.assert_allclose(g.astype(np.float32), w_.astype(np.float32), rtol=1e-2, atol=1e-2)

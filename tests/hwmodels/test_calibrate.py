@@ -68,18 +68,24 @@ def test_a_profile_measured_with_other_schedules_or_method_is_ignored(cache):
         assert ("calibrated on host" in target.sources["efficiency"]) is applied
 
 
-def test_a_profiles_peak_scale_raises_the_hosts_peak(cache):
+def test_a_profiles_effective_clock_sets_the_hosts_peak(cache):
+    """The profile's effective clock gives the peak, whatever /proc/cpuinfo's clock reads later;
+    `without_profile` gives the host as detected (what `mcc calibrate` fits against, so that
+    calibrating again does not measure against the last profile's peak)."""
     from mcc.backends.tvm.schedules import SCHEDULES_VERSION
-    from mcc.hwmodels.host import CALIBRATION_VERSION, calibration_path
+    from mcc.hwmodels.host import CALIBRATION_VERSION, calibration_path, without_profile
 
-    nominal = load_target("host").peak_gops
+    detected = load_target("host")
     path = calibration_path()
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"efficiency": {"conv": 0.5}, "peak_scale": 1.5, "schedules_version": SCHEDULES_VERSION,
-                                "calibration_version": CALIBRATION_VERSION}))
+    path.write_text(json.dumps({"efficiency": {"conv": 0.5}, "effective_clock_ghz": 1.5 * detected.clock_ghz,
+                                "schedules_version": SCHEDULES_VERSION, "calibration_version": CALIBRATION_VERSION}))
     target = load_target("host")
-    assert target.peak_gops == pytest.approx({k: 1.5 * v for k, v in nominal.items()})
-    assert "x1.5 measured by `mcc calibrate`" in target.sources["compute.peak_gops"]
+    assert target.peak_gops == pytest.approx({k: 1.5 * v for k, v in detected.peak_gops.items()})
+    assert "measured by `mcc calibrate`" in target.sources["compute.peak_gops"]
+    with without_profile():
+        again = load_target("host")
+    assert again.peak_gops == detected.peak_gops and again.efficiency["conv"] == detected.efficiency["conv"]
 
 
 def test_only_the_host_calibrates_itself(run_mcc, cache):
@@ -126,6 +132,7 @@ def test_kernels_faster_than_the_nominal_peak_scale_the_peak():
                 for b in BENCHMARKS}
     profile = fit_profile(spec, measured)
     assert profile["peak_scale"] == pytest.approx(1.5, rel=1e-3)
+    assert profile["effective_clock_ghz"] == pytest.approx(1.5 * spec.clock_ghz, rel=1e-3)
     assert profile["efficiency"]["pointwise_conv"] == pytest.approx(1.0, rel=1e-3)
     assert profile["efficiency"]["conv"] == pytest.approx(0.9, rel=1e-3)
     assert profile["efficiency"]["matmul"] == pytest.approx(0.5, rel=1e-3)
