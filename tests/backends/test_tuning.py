@@ -117,8 +117,9 @@ def test_tuning_measures_each_default_schedule_once(tuned):
     assert tuned["defaults_measured"] == 3
 
 
-def _baselines(tuned, tmp_path, monkeypatch, target, seconds: float) -> None:
-    """A copy of the tuned cache whose default baselines all measured `seconds`."""
+def _baselines(tuned, tmp_path, monkeypatch, target, seconds: float | None, ratio: float = 1.0) -> None:
+    """A copy of the tuned cache whose default baselines all measured `seconds`, or `ratio` times
+    their kernel's record."""
     from tvm.s_tir import meta_schedule as ms
 
     copy = tmp_path / "cache"
@@ -130,7 +131,8 @@ def _baselines(tuned, tmp_path, monkeypatch, target, seconds: float) -> None:
     defaults = tuning._json_database(directory / tuning.DEFAULTS_DIR)
     for record in records.get_all_tuning_records():
         workload = defaults.commit_workload(record.workload.mod)
-        defaults.commit_tuning_record(ms.database.TuningRecord(record.trace, workload, [seconds], target,
+        measured = seconds if seconds is not None else ratio * float(record.run_secs[0])
+        defaults.commit_tuning_record(ms.database.TuningRecord(record.trace, workload, [measured], target,
                                                                record.args_info))
 
 
@@ -138,6 +140,15 @@ def test_a_record_is_applied_only_where_it_beats_the_default_schedule(tuned, tmp
     _baselines(tuned, tmp_path / "fast", monkeypatch, target, 1e-12)  # defaults faster than any record
     assert tuning.apply_records(lowered(MODEL_A, target), target)[1] == []
     _baselines(tuned, tmp_path / "slow", monkeypatch, target, 100.0)  # defaults slower
+    assert tuning.apply_records(lowered(MODEL_A, target), target)[1] == sorted([SHARED, "matmul11"])
+
+
+def test_a_record_must_beat_the_default_by_a_margin(tuned, tmp_path, monkeypatch, target):
+    """The best of many noisy trials reads low: a record 5 % faster than the default is not
+    trusted, one 20 % faster is."""
+    _baselines(tuned, tmp_path / "close", monkeypatch, target, None, ratio=1.05)
+    assert tuning.apply_records(lowered(MODEL_A, target), target)[1] == []
+    _baselines(tuned, tmp_path / "clear", monkeypatch, target, None, ratio=1.2)
     assert tuning.apply_records(lowered(MODEL_A, target), target)[1] == sorted([SHARED, "matmul11"])
 
 
