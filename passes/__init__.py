@@ -7,6 +7,7 @@ from mcc.passes.fusion.conv_bn import FuseConvBatchNorm
 from mcc.passes.fusion.gemm import FuseGemm
 from mcc.passes.fusion.magnitude import RecognizeMagnitude
 from mcc.passes.fusion.pad import FoldPad
+from mcc.passes.fusion.parallel import CombineParallel
 from mcc.passes.quantize.fp16 import ConvertFloat16
 from mcc.passes.quantize.weights import QuantizeDynamic, QuantizeWeights, QuantizeWeightsInt4
 from mcc.passes.simplify.chains import SimplifyChains
@@ -37,6 +38,7 @@ BUILTIN_PASSES = (
     RemoveNoops,
     RecognizeActivations,
     RecognizeMagnitude,
+    CombineParallel,
     SubstituteRecurrent,
     EliminateDeadNodes,
     FlushSubnormals,

@@ -698,6 +698,43 @@ def concat(g: GraphBuilder, x: Tensor) -> Tensor:
     return g.node("Concat", [left.name, right.name], shape, axis=axis)
 
 
+
+def parallel(g: GraphBuilder, x: Tensor) -> Tensor:
+    """Two or three convolutions (images) or MatMuls (otherwise) of x with one kernel shape and
+    attributes but their own widths and biases, joined by Concat (or Add when the widths agree):
+    an STFT's real and imaginary bases, attention's query/key/value projections."""
+    count = g.choices.integer(2, 3)
+    widths = [g.choices.integer(1, MAX_CHANNELS) for _ in range(count)]
+    if g.choices.flag(0.3):
+        widths = [widths[0]] * count
+    if _is_image(x, MAX_CHANNELS):
+        _, channels, height, width = x.shape
+        kernel, stride = g.choices.choice((1, 3)), g.choices.choice((1, 2))
+        pads = [g.choices.integer(0, kernel // 2) for _ in range(4)]
+        for axis, size in enumerate((height, width)):  # the window must fit once
+            if size + pads[axis] + pads[axis + 2] < kernel:
+                pads[axis + 2] = kernel - size - pads[axis]
+        shape = (_window_output(height, kernel, stride, pads[0], pads[2]),
+                 _window_output(width, kernel, stride, pads[1], pads[3]))
+        branches = []
+        for out_channels in widths:
+            inputs = [x.name, g.weight((out_channels, channels, kernel, kernel), channels * kernel * kernel)]
+            if g.choices.flag(0.6):
+                inputs.append(g.constant(g.normal((out_channels,), 0.1), "b"))
+            branches.append(g.node("Conv", inputs, (x.shape[0], out_channels) + shape, kernel_shape=[kernel, kernel],
+                                   strides=[stride, stride], pads=pads))
+        axis = 1
+    else:
+        branches = [g.node("MatMul", [x.name, g.weight((x.shape[-1], w), x.shape[-1])], x.shape[:-1] + (w,))
+                    for w in widths]
+        axis = x.rank - 1
+    if len(set(widths)) == 1 and g.choices.flag(0.5):
+        return g.node("Sum" if count > 2 else "Add", [b.name for b in branches], branches[0].shape)
+    shape = list(branches[0].shape)
+    shape[axis] = sum(widths)
+    return g.node("Concat", [b.name for b in branches], tuple(shape), axis=axis)
+
+
 @dataclass(frozen=True)
 class Motif:
     name: str
@@ -744,6 +781,8 @@ MOTIFS: tuple[Motif, ...] = (
     Motif("duplicate", duplicate, lambda g, x: _float(x) and x.rank >= 1),
     Motif("branch_join", branch_join, lambda g, x: _float(x) and x.rank >= 1),
     Motif("concat", concat, lambda g, x: _float(x) and x.rank >= 1 and (x.rank != 4 or _is_image(x, MAX_CHANNELS))),
+    Motif("parallel", parallel, lambda g, x: _float(x) and x.rank >= 1 and x.shape[-1] <= 256
+          and (x.rank != 4 or _is_image(x, MAX_CHANNELS))),
 )
 MOTIF_NAMES = tuple(motif.name for motif in MOTIFS)
 

@@ -35,12 +35,14 @@ NAMED_PIPELINES: dict[str, str] = {
         # what the rewrites marked as no-ops, and cse merges the equal activations that
         # recognize-activations made of differently written copies. decompose-unsupported only touches ops the target lacks
         # and recognize-activations only builds ops it has, so the two never undo each other.
+        # combine-parallel after the loop: a convolution merged with its siblings no longer
+        # matches the folds of a following BatchNormalization or affine op.
         # flush-subnormals last: the folds above make the subnormal weights it removes.
         "inline-initializer-inputs,fixed-point(fold-constants,fold-constant-if),substitute-recurrent,"
         "eliminate-identity,cse,"
         "decompose-unsupported,"
         "fixed-point(fuse-conv-bn,fold-conv-affine,fuse-gemm,fold-pad,simplify-chains,remove-noops,recognize-activations,recognize-magnitude,"
-        "eliminate-identity,cse),eliminate-dead-nodes,flush-subnormals"
+        "eliminate-identity,cse),combine-parallel,eliminate-dead-nodes,flush-subnormals"
     ),
     "none": "",
 }

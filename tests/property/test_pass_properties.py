@@ -41,6 +41,7 @@ FAVOURED: dict[str, tuple[str, ...]] = {
     "simplify-chains": ("transpose_chain", "reshape_chain", "cast_chain"),
     "recognize-activations": ("hardsigmoid", "hardswish", "gelu", "layer_norm"),
     "recognize-magnitude": ("magnitude",),
+    "combine-parallel": ("parallel",),
     "eliminate-dead-nodes": ("dead_branch",),
     "remove-noops": ("noop",),
     "convert-float16": ("conv_bn", "matmul_add", "branch_join"),
