@@ -363,3 +363,41 @@ def test_channels_last_depthwise_taps_are_unrolled(channels):
     unrolled_taps = r"for ry in T\.unroll\(T\.int64\(3\)\):\s+for rx in T\.unroll\(T\.int64\(3\)\)"
     assert all(bool(re.search(unrolled_taps, text)) == channels_last for text in depthwise)
     assert not any(re.search(r"for rc\w* in T\.unroll\(T\.int64\(16\)\)", text) for text in pointwise)
+
+
+
+def scaled_boxes(shape):
+    """UltraFace's box decoding in small: boxes scaled, shifted and exponentiated elementwise."""
+    nodes = [helper.make_node("Mul", ["x", "s"], ["m"]), helper.make_node("Add", ["m", "o"], ["a"]),
+             helper.make_node("Exp", ["a"], ["y"])]
+    return _model(nodes, [("x", shape)], "y", {"s": _weights(1, 1, shape[-1]), "o": _weights(*shape, seed=1)})
+
+
+@pytest.mark.parametrize("shape", [(1, 3000, 4), (1, 4, 3000)])
+def test_a_short_innermost_axis_is_unrolled_and_the_loop_around_it_left_whole(shape, tmp_path):
+    """An elementwise kernel over [1, 3000, 4] unrolls the 4 (LLVM then vectorizes the loop around
+    it with interleaved loads and stores) and shares that loop's outer part among the cores (its
+    leading axis has one iteration); one over [1, 4, 3000] keeps its innermost 3000 whole."""
+    import re
+
+    from mcc.backends.tvm import common, llvm
+
+    model = scaled_boxes(shape)
+    mod, details = llvm.lower(common.import_onnx(model, {"x": shape}), load_target("host").tvm(),
+                              use_tuning_records=False)
+    (text,) = [func.script() for gvar, func in mod.functions_items()
+               if details["default_schedules"].get(gvar.name_hint) == "injective"]
+    if shape[-1] == 4:
+        assert re.search(r"for \w+ in range\(T\.int64\(\d+\)\):\s+for \w+ in T\.unroll\(T\.int64\(4\)\)", text), text
+        from mcc.backends.tvm.schedules.cpu import CpuInfo, _largest_divisor_at_most
+
+        cores = CpuInfo.from_target(load_target("host").tvm()).cores
+        if cores > 1:
+            assert f"T.parallel(T.int64({_largest_divisor_at_most(3000, cores)}))" in text, text
+    else:
+        assert "T.unroll" not in text and re.search(r"in T\.grid\(T\.int64\(3000\)\)|in range\(T\.int64\(3000\)\)", text), text
+    backend = get_backend("tvm-llvm")
+    artifact = backend.compile(model, load_target("host").tvm(), {"x": shape}, tmp_path / "m.so")
+    feed = {"x": np.random.default_rng(4).normal(size=shape).astype(np.float32)}
+    np.testing.assert_allclose(backend.load(artifact.library, model).run(feed)[0], ort_run(model, feed)[0],
+                               rtol=1e-5, atol=1e-6)

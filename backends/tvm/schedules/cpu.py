@@ -19,7 +19,7 @@ chosen analytically from the kernel's shape and the target's vector width and co
 * `dot-product` -- a multiply-accumulate whose output axes do not tile (prime extents such as an
   STFT's 257 x 97) but whose innermost reduction axis is long: vector-wide partial sums (rfactor).
 * `injective` -- elementwise and data movement: outer axes in parallel, the innermost loop whole
-  (LLVM vectorizes it).
+  (LLVM vectorizes it); an innermost axis of at most 4 is unrolled and the loop around it vectorized.
 * `reduction` -- other reductions (pooling, mean, softmax, norms): elementwise producers inlined,
   outer axes in parallel; compute-bound bodies (GELU then max, softmax's exp-sum) in vector lanes
   across an outer axis.
@@ -49,6 +49,8 @@ MAX_OUTPUT_VECTORS = 3
 MAX_OUTPUT_VECTOR_ACCUMULATORS = 28
 #: below this many output elements per core a kernel is not worth a parallel loop
 MIN_PARALLEL_ELEMENTS = 4096
+#: an elementwise kernel's innermost axis this short or shorter is unrolled (`schedule_injective`)
+MAX_UNROLLED_INNER = 4
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,22 @@ def schedule_injective(sch, block_rv, cpu: CpuInfo, parallel: bool = True) -> No
     for extent in extents:
         total *= extent
     outer = loops[:-1]
+    if len(loops) >= 3 and extents[-1] <= MAX_UNROLLED_INNER and extents[-2] >= 2 * MAX_UNROLLED_INNER:
+        # a short innermost axis (the 4 channels an integer kernel's input is padded to, a box's 4
+        # coordinates): unrolled, so LLVM vectorizes the loop around it with interleaved accesses.
+        # Measured: SqueezeNet int8's input quantize-pad-transpose 59 -> 40 us, MNIST's 1.17 ->
+        # 0.62 us, UltraFace RFB 0.89x in all
+        sch.unroll(loops[-1])
+        outer = list(loops[:-2])
+        leading = total // (extents[-1] * extents[-2])
+        if parallel and cpu.cores > 1 and total >= MIN_PARALLEL_ELEMENTS and leading < cpu.cores:
+            # too few leading iterations to share ([1, 17640, 4] boxes): the vector loop's outer
+            # part goes to the cores (a split keeps its index affine, unlike a fuse)
+            chunks = _largest_divisor_at_most(extents[-2], cpu.cores)
+            if chunks > 1:
+                outer.append(sch.split(loops[-2], factors=[chunks, None])[0])
+    if not outer:
+        return
     if parallel and cpu.cores > 1 and total >= MIN_PARALLEL_ELEMENTS:
         fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
         sch.parallel(fused)
