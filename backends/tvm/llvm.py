@@ -61,11 +61,12 @@ def rewrite_for_target(mod, target):
     convolutions and a depth-to-space (upsample.py), channel concatenations distributed over the convolutions and
     poolings that read them (concat.py), float convolution filters padded to the vector width
     (channels.py), convolutions channels-last (layout.py), divisions by constants as
-    multiplications by their reciprocals (reciprocal.py). Returns (module, {"integer_kernels": n,
-    "divisions_by_constants": d, "distributed_concatenations": k, "padded_convolutions": m,
+    multiplications by their reciprocals (reciprocal.py), sums over at most 4 elements as
+    additions (short_sums.py). Returns (module, {"integer_kernels": n,
+    "divisions_by_constants": d, "sums_as_additions": a, "distributed_concatenations": k, "padded_convolutions": m,
     "padded_softmax_classes": s, "channels_last_convolutions": c,
     "transposed_convolutions_as_depth_to_space": t})."""
-    from mcc.backends.tvm import channels, classes, concat, integer, layout, reciprocal, upsample
+    from mcc.backends.tvm import channels, classes, concat, integer, layout, reciprocal, short_sums, upsample
 
     mod, depth_to_space = upsample.as_depth_to_space(mod, target)
     mod, padded_softmaxes = classes.pad_softmax_classes(mod, target)
@@ -74,7 +75,9 @@ def rewrite_for_target(mod, target):
     mod, padded = channels.pad_output_channels(mod, target)
     mod, channels_last = layout.channels_last(mod, target)
     mod, reciprocals = reciprocal.multiply_by_reciprocals(mod, target)
+    mod, short = short_sums.unroll_short_sums(mod, target)
     return mod, {"integer_kernels": integer_kernels, "divisions_by_constants": reciprocals,
+                 "sums_as_additions": short,
                  "distributed_concatenations": distributed,
                  "padded_convolutions": padded, "padded_softmax_classes": padded_softmaxes,
                  "channels_last_convolutions": channels_last,
