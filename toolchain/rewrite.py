@@ -389,6 +389,9 @@ def apply_rules(graph, rules: list[Rule], explain: set[str] | None = None,
             explanations[:] = [e for e in explanations if e.reason == "fired"] + sweep
         if not changed:
             break
+        # a rewrite can leave nodes dead (a Shape that only fed a merged Reshape); as readers they
+        # would block matches on their inputs until the next run
+        graph.cleanup(remove_unused_graph_inputs=False)
     if fired:
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
     return fired

@@ -96,3 +96,29 @@ def test_casts_to_types_numpy_lacks_are_left_alone():
     ctx = PassContext().with_config(explain="merge-casts,remove-noop-cast")
     assert not SimplifyChains().run(model, ctx).modified  # float -> bfloat16 -> float rounds: it must stay
     assert any("not numpy types, like bfloat16" in line for line in ctx.explanations)
+
+
+# found by tools/fuzz_passes.py (seed 1007): a Reshape whose shape is computed from Shape(a). Once
+# the chain after it merges, that Shape is dead but still read `a`, so `a`'s Reshape merged only on
+# a second run; the rewriter now drops dead nodes between sweeps
+COMPUTED_SHAPE = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1, 6, 4] x) => (float[2, 1, 12] y) <int64[2] s1 = {6, 4}, int64[1] zero = {0}, int64[1] one = {1},
+                                             int64[2] rest = {2, -1}, int64[2] s3 = {2, 12}, int64[1] ax = {1}> {
+    a = Reshape(x, s1)
+    shape = Shape(a)
+    head = Slice(shape, zero, one)
+    target = Concat<axis = 0>(head, rest)
+    b = Reshape(a, target)
+    c = Reshape(b, s3)
+    y = Unsqueeze(c, ax)
+}
+"""
+
+
+def test_a_chain_whose_computed_shape_dies_merges_in_one_run():
+    model = parse_model(COMPUTED_SHAPE)
+    result = run_pass(SimplifyChains(), model)
+    assert op_types(result.model) == ["Reshape"]
+    assert_same_function(model, result.model)
+    assert not run_pass(SimplifyChains(), result.model).modified
