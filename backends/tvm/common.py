@@ -357,7 +357,9 @@ class RelaxVMRunner:
         """Mean ms per run spent in each function the VM calls (kernels and VM builtins), by name.
 
         Timed with the VM's instrument hook around each call, so each figure includes a
-        microsecond or two of the hook itself; `time_ms` is the figure for the whole run.
+        microsecond or two of the hook itself; `time_ms` is the figure for the whole run. The hook
+        sees only calls the VM interprets: the library must be built with exec_mode "bytecode"
+        (`TvmLlvmBackend.compile`); mcc's artifacts compile the VM's function to native code.
         """
         import time
 
@@ -380,6 +382,9 @@ class RelaxVMRunner:
                     self.vm["main"](*arguments)
         finally:
             self.vm.set_instrument(None)
+        if not spent:
+            raise RuntimeError("no call reached the VM's instrument hook: per-kernel timing needs a library "
+                               "built with exec_mode='bytecode'")
         return {name: seconds * 1000.0 / repeat for name, seconds in spent.items()}
 
 

@@ -5,9 +5,9 @@ arithmetic, half.py) -> target rewrites (quantized ops to integer kernels, chann
 concatenations distributed over the convolutions that read them, convolution filters padded to
 the vector width) -> DecomposeOpsForInference, FastMathTransform, the `zero` pipeline
 (legalize, fuse) -> schedules: tuning records from mcc's database where it has them (`tuning.apply_records`), mcc's
-default CPU schedules for every other kernel (`schedules.apply_default_schedules`) -> `tvm.compile`
-for the target, with small kernel buffers kept on the stack (stack.py) -> `export_library` to a
-shared object. TVM 0.27's `tvm.compile` on CPU does no
+default CPU schedules for every other kernel (`schedules.apply_default_schedules`) -> `relax.build`
+for the target, with small kernel buffers kept on the stack and the VM's main function compiled to
+native code (stack.py) -> `export_library` to a shared object. TVM 0.27's `tvm.compile` on CPU does no
 fusion and no scheduling by itself (see shared/notes/tvm-0.27.md, sections 3 and 4).
 """
 
@@ -118,7 +118,9 @@ class TvmLlvmBackend:
         return common.unsupported_nodes(model, common.backend_ops() - excluded)
 
     def compile(self, model: onnx.ModelProto, target, input_shapes: dict, library_path: Path,
-                default_schedules: bool = True) -> CompiledArtifact:
+                default_schedules: bool = True, exec_mode: str = stack.EXEC_MODE) -> CompiledArtifact:
+        """`exec_mode` "bytecode" builds a library whose VM calls each kernel through its
+        interpreter, so `RelaxVMRunner.kernel_ms` can time them one by one (profiling only)."""
         import tvm
 
         timings: dict[str, float] = {}
@@ -135,7 +137,7 @@ class TvmLlvmBackend:
         timings["schedule"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        executable = stack.compile_module(mod, target)
+        executable = stack.compile_module(mod, target, exec_mode)
         timings["build"] = time.perf_counter() - start
 
         start = time.perf_counter()

@@ -97,8 +97,18 @@ def pipeline_name(target) -> str:
     return PIPELINE
 
 
-def compile_module(mod, target):
-    """`tvm.compile(mod, target)` with the target's TIR pipeline."""
-    import tvm
+#: how the Relax VM runs a model's main function: "compiled" turns its instructions (kernel calls,
+#: storage and tensor allocations, shape checks) into one native function instead of bytecode the
+#: VM interprets. Measured on this CPU, alternating in one process, outputs identical: MNIST 8.85 ->
+#: 7.88 us, silero VAD 16.8 -> 13.7 us, hey_mycroft 9.06 -> 7.82 us, alexa 7.29 -> 6.86 us;
+#: squeezenet (1.53 ms) and PP-OCRv5 rec int8 (2.7 ms) unchanged within 1.2 %.
+EXEC_MODE = "compiled"
 
-    return tvm.compile(mod, target=target, tir_pipeline=pipeline_name(target))
+
+def compile_module(mod, target, exec_mode: str = EXEC_MODE):
+    """`relax.build(mod, target)` (what `tvm.compile` calls) with the target's TIR pipeline and the
+    VM's main function compiled to native code (`EXEC_MODE`; "bytecode" for per-kernel profiling:
+    the VM's instrument hook sees only the calls it interprets)."""
+    from tvm import relax
+
+    return relax.build(mod, target=target, tir_pipeline=pipeline_name(target), exec_mode=exec_mode)

@@ -215,3 +215,30 @@ def test_the_runner_keeps_the_calling_thread_off_the_tvm_workers_cpus(tmp_path, 
     assert seen == [free]
     assert len(runner.time_ms(feed, repeat=2)) == 2
     assert os.sched_getaffinity(0) == before
+
+
+def test_the_vm_function_is_native_code_and_bytecode_builds_profile_per_kernel(tmp_path):
+    """mcc's artifacts compile the VM's main function (exec_mode "compiled"): the VM then has no
+    instructions to interpret, so its instrument hook sees no call and per-kernel timing says so
+    instead of returning nothing; a "bytecode" build of the same model times each kernel, and both
+    compute the same."""
+    model = parse_model("""
+<ir_version: 8, opset_import: ["" : 18]>
+g (float[4, 16] x) => (float[4, 16] y) {
+    a = Relu(x)
+    s = ReduceSum<keepdims = 1>(a)
+    y = Div(a, s)
+}
+""")
+    backend = get_backend("tvm-llvm")
+    target = load_target("host").tvm()
+    feed = {"x": np.random.default_rng(0).normal(size=(4, 16)).astype(np.float32)}
+    native = backend.load(backend.compile(model, target, {"x": (4, 16)}, tmp_path / "a.so").library, model)
+    profiled = backend.load(backend.compile(model, target, {"x": (4, 16)}, tmp_path / "b.so",
+                                            exec_mode="bytecode").library, model)
+    np.testing.assert_array_equal(native.run(feed)[0], profiled.run(feed)[0])
+    np.testing.assert_allclose(native.run(feed)[0], ort_run(model, feed)[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="exec_mode='bytecode'"):
+        native.kernel_ms(feed, repeat=1)
+    kernels = [name for name in profiled.kernel_ms(feed, repeat=1) if not name.startswith("vm.builtin")]
+    assert kernels, "a bytecode build's kernels reach the instrument hook"
