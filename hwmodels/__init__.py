@@ -63,6 +63,9 @@ class TargetSpec:
     dram_pj_per_byte: float
     precisions: tuple[str, ...]
     excluded_ops: tuple[str, ...] = ()
+    #: precisions the backend computes in another on this target (fp16 -> fp32 on a CPU without
+    #: float16 arithmetic: backends/tvm/half.py widens such models); the cost model estimates them so
+    computed_as: dict[str, str] = field(default_factory=dict)
     usd_per_hour: float | None = None
     detect_host: bool = False
     #: calibrated only: op class -> (size, efficiency) points sorted by size (`costmodel.curve_size`),
@@ -150,6 +153,7 @@ def target_from_data(data: dict, path: str = "") -> TargetSpec:
         dram_pj_per_byte=float(data["energy"]["dram_pj_per_byte"]),
         precisions=tuple(data["support"]["precisions"]),
         excluded_ops=tuple(data["support"].get("excluded_ops", ())),
+        computed_as=dict(data["support"].get("computed_as", {})),
         usd_per_hour=float(data["price"]["usd_per_hour"]) if "usd_per_hour" in data.get("price", {}) else None,
         detect_host=bool(data.get("detect_host", False)),
         sources=dict(data.get("sources", {})),

@@ -22,7 +22,9 @@ memory). Latency is the sum over kernels (batch 1, one kernel at a time, as the 
 
 Precision: the whole model (`precision`: fp32, fp16, int8, or "native" for the dtypes the model
 already has) or per node (`layer_precisions`, node name -> precision);
-a precision the target has no peak for runs at its fp32 rate (and the estimate says so). The model
+a precision the target has no peak for runs at its fp32 rate (and the estimate says so), and one
+the target's backend computes in another (`computed_as`: float16 on a CPU without float16
+arithmetic is widened to float32, backends/tvm/half.py) is estimated as that one throughout. The model
 answers "what if" questions cheaply: nothing here compiles or runs the model.
 """
 
@@ -157,6 +159,16 @@ def estimate(
         for name in kernel.produced():
             kernel_index_of[name] = index
 
+    def computed(p: str) -> str:
+        """The precision the target's backend computes (and stores) `p` in."""
+        actual = target.computed_as.get(p, p)
+        if actual != p:
+            note = (f"{target.name} computes {p} as {actual} (no {p} arithmetic): {p} layers are estimated "
+                    f"with {actual} rates, bytes and weights; the artifact keeps {p} inputs and outputs")
+            if note not in notes:
+                notes.append(note)
+        return actual
+
     bandwidth_b_s = target.dram_bandwidth_gb_s * 1e9 * target.bandwidth_efficiency
     if cache_resident(works, types, target):
         bandwidth_b_s = max(bandwidth_b_s, target.cache_bandwidth_gb_s * 1e9)
@@ -167,7 +179,7 @@ def estimate(
     total_ops = total_bytes = dynamic_op_pj = 0.0
     last_read: dict[str, int] = {}
     for index, kernel in enumerate(kernels):
-        kernel_precision = _precision_for(kernel.anchor, precision, layer_precisions, types)
+        kernel_precision = computed(_precision_for(kernel.anchor, precision, layer_precisions, types))
         produced = kernel.produced()
         members = {node.index for node in kernel.nodes}
         reads: dict[str, float] = {}  # tensor read from outside the kernel -> bytes read
@@ -175,7 +187,7 @@ def estimate(
         ops = 0.0
         epilogue = kernel.anchor.op_class in MAC_CLASSES
         for node in kernel.nodes:
-            node_precision = _precision_for(node, kernel_precision, layer_precisions, types)
+            node_precision = computed(_precision_for(node, kernel_precision, layer_precisions, types))
             if node.op_class == "elementwise" and epilogue:
                 efficiency = 1.0  # applied to values in registers as the anchor produces them
             else:
@@ -232,10 +244,16 @@ def estimate(
     weight_precision: dict[str, str] = {}
     for work in works:
         for name in work.weights:
-            weight_precision.setdefault(name, _precision_for(work, precision, layer_precisions, types))
+            weight_precision.setdefault(name, computed(_precision_for(work, precision, layer_precisions, types)))
     weights_bytes = sum(tensor_bytes(name, types, p) for name, p in weight_precision.items())
 
-    buffers = _buffers(model, kernels, kernel_index_of, last_read, alias, graph_outputs, types, precision)
+    if precision == "native":
+        def buffer_precision(name: str) -> str:
+            return computed(native_precision(name, types))
+    else:
+        def buffer_precision(name: str) -> str:
+            return computed(precision)
+    buffers = _buffers(model, kernels, kernel_index_of, last_read, alias, graph_outputs, types, buffer_precision)
     plan = plan_arena(buffers)
     peak_bytes = weights_bytes + plan.arena_bytes
     energy_j = dynamic_op_pj * 1e-12 + total_bytes * target.dram_pj_per_byte * 1e-12 + target.idle_w * latency_s
@@ -259,18 +277,19 @@ def estimate(
     )
 
 
-def _buffers(model, kernels, kernel_index_of, last_read, alias, graph_outputs, types, precision) -> list[Buffer]:
+def _buffers(model, kernels, kernel_index_of, last_read, alias, graph_outputs, types, precision_of) -> list[Buffer]:
+    """Every tensor that crosses a kernel boundary, sized at `precision_of(name)`, with its lifetime."""
     end = len(kernels)
     buffers = []
     outputs_sources = {alias.get(name, name) for name in graph_outputs}
     for value in ir.graph_inputs(model):
         last = end if value.name in outputs_sources else last_read.get(value.name, 0)
-        buffers.append(Buffer(value.name, tensor_bytes(value.name, types, precision), 0, last))
+        buffers.append(Buffer(value.name, tensor_bytes(value.name, types, precision_of(value.name)), 0, last))
     for name, index in kernel_index_of.items():
         last = end if name in outputs_sources else last_read.get(name)
         if last is None:
             continue  # consumed only inside its own kernel: fused away
-        buffers.append(Buffer(name, tensor_bytes(name, types, precision), index, max(last, index)))
+        buffers.append(Buffer(name, tensor_bytes(name, types, precision_of(name)), index, max(last, index)))
     return buffers
 
 

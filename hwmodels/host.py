@@ -86,8 +86,13 @@ def detect_host(spec):
         dram_mb = spec.dram_mb
     description = f"{spec.description}: {info.get('model name', 'unknown CPU')}, {cores} cores @ {clock_ghz:.2f} GHz"
     l2_kib = level2_cache_kib()
+    # float16 arithmetic: x86 AVX512-FP16, Arm's half-precision SIMD (/proc/cpuinfo "Features":
+    # asimdhp); without it the backend computes float16 models in float32 (backends/tvm/half.py)
+    features = flags | set(info.get("Features", "").split())
+    computed_as = {} if features & {"avx512_fp16", "asimdhp"} else {"fp16": "fp32"}
     updated = dataclasses.replace(spec, cores=cores, clock_ghz=clock_ghz, peak_gops=peak, dram_mb=round(dram_mb, 1),
-                                  cache_kib=cores * l2_kib if l2_kib else spec.cache_kib, description=description)
+                                  cache_kib=cores * l2_kib if l2_kib else spec.cache_kib, description=description,
+                                  computed_as=computed_as)
     return apply_calibration(updated)
 
 

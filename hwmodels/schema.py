@@ -94,7 +94,7 @@ FIELDS: dict[str, dict[str, tuple[Any, bool]]] = {
     "efficiency": {**{name: (NUMBER, name not in OPTIONAL_CLASSES) for name in OP_CLASSES},
                    "bandwidth": (NUMBER, True)},
     "energy": {"pj_per_op": ("per-precision", True), "dram_pj_per_byte": (NUMBER, True)},
-    "support": {"precisions": (list, True), "excluded_ops": (list, False)},
+    "support": {"precisions": (list, True), "excluded_ops": (list, False), "computed_as": (dict, False)},
     "price": {"usd_per_hour": (NUMBER, False)},
 }
 TABLES_REQUIRED = ("tvm", "compute", "memory", "power", "overhead", "efficiency", "energy", "support")
@@ -213,6 +213,10 @@ def validate_target_data(data: dict) -> None:
             raise TargetSchemaError(f"source '{key}' names no field (misspelled?)")
     if not data["support"]["precisions"]:
         raise TargetSchemaError("field 'support.precisions' must list at least one precision")
+    for precision, actual in data["support"].get("computed_as", {}).items():
+        if precision not in PRECISIONS or actual not in PRECISIONS:
+            raise TargetSchemaError(f"field 'support.computed_as.{precision}': both precisions must be one of "
+                                    f"{', '.join(PRECISIONS)}, got {actual!r}")
     if not all(isinstance(op, str) for op in data["support"].get("excluded_ops", [])):
         raise TargetSchemaError("field 'support.excluded_ops' must list op names (strings)")
     if data["power"]["idle_w"] > data["power"]["active_w"]:

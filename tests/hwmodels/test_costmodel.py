@@ -396,3 +396,19 @@ def test_a_model_that_fits_in_cache_reads_at_the_calibrated_cache_rate():
     assert estimate(model, too_small).kernels[0].memory_ms == pytest.approx(pool_bytes / 10e9 * 1e3)
     assert estimate(model, dataclasses.replace(cached, cache_kib=144.0)).kernels[0].memory_ms < \
         estimate(model, too_small).kernels[0].memory_ms
+
+
+def test_fp16_a_target_computes_as_fp32_is_estimated_as_fp32_with_a_note():
+    """A CPU without float16 arithmetic: the backend widens float16 models to float32 (half.py), so the
+    estimate charges float32 rates, bytes and weights, whether the model or the flag asks for fp16."""
+    from tests.conftest import to_fp16
+
+    target = synthetic_target(support__computed_as={"fp16": "fp32"})
+    as_fp32 = estimate(conv_relu_model(), target)
+    native = estimate(to_fp16(conv_relu_model()), target)
+    assert native.kernels[0].precision == "fp32"
+    assert native.latency_ms == pytest.approx(as_fp32.latency_ms)
+    assert native.weights_mb == pytest.approx(as_fp32.weights_mb)
+    assert native.arena_mb == pytest.approx(as_fp32.arena_mb)
+    assert any("computes fp16 as fp32" in note for note in native.notes)
+    assert estimate(conv_relu_model(), target, precision="fp16").latency_ms == pytest.approx(as_fp32.latency_ms)

@@ -127,3 +127,32 @@ def test_cli_lists_and_shows_targets(run_mcc):
     assert data["device_class"] == "gpu" and data["sources"]
     unknown = run_mcc("targets", "show", "toaster")
     assert unknown.returncode == 2 and "unknown target 'toaster'" in unknown.stderr
+
+
+@pytest.mark.parametrize("flags, features, computed_as", [
+    ("avx512f avx512_vnni", "", {"fp16": "fp32"}),  # Zen 4/5, Ice Lake: float16 converted, computed in float32
+    ("avx512f avx512_fp16", "", {}),  # Sapphire Rapids on
+    ("", "fp asimd fphp asimdhp", {}),  # Armv8.2 cores (Cortex-A76: Raspberry Pi 5)
+    ("", "fp asimd", {"fp16": "fp32"}),  # Cortex-A72 (Raspberry Pi 4)
+])
+def test_host_without_half_arithmetic_computes_fp16_as_fp32(monkeypatch, flags, features, computed_as):
+    from mcc.hwmodels import host
+
+    monkeypatch.setattr(host, "_cpuinfo", lambda: {"flags": flags, "Features": features, "cpu MHz": "3000.0",
+                                                   "model name": "a test CPU"})
+    assert host.detect_host(load_target("host")).computed_as == computed_as
+
+
+def test_the_host_estimate_and_the_backend_agree_on_float16():
+    from mcc.backends.tvm import half
+
+    spec = load_target("host")
+    assert ("fp16" not in spec.computed_as) == half.has_half_arithmetic(spec.tvm())
+
+
+def test_computed_as_must_name_precisions():
+    data = host_data()
+    data["support"]["computed_as"] = {"fp16": "fp8"}
+    data["sources"]["support.computed_as"] = "test"
+    with pytest.raises(TargetSchemaError, match="support.computed_as.fp16"):
+        validate_target_data(data)
