@@ -226,10 +226,15 @@ def apply_records(mod, target):
     from tvm import relax
 
     database, notes = _open(directory, holding_lock=False)
+    defaults = None
     if (directory / DEFAULTS_DIR / RECORD_FILE).is_file():
         defaults, more = _open(directory / DEFAULTS_DIR, holding_lock=False)
         notes = notes + more
-        database = _records_beating(database, defaults, target)
+    database, unmeasured = _records_beating(database, defaults, target)
+    if unmeasured:
+        notes.append(f"{unmeasured} tuned record(s) not used: mcc's default schedule of their kernel has no "
+                     f"timing in this database ({DEFAULTS_DIR}, the way mcc builds kernels now); "
+                     "`mcc tune` measures it")
     for note in notes:
         log.warning(note)
     if len(database) == 0:
@@ -269,13 +274,21 @@ MIN_TUNED_SPEEDUP = 1.1
 
 
 def _records_beating(database, defaults, target):
-    """An in-memory database of each kernel's best tuned record, for the kernels where that record
-    measured at least MIN_TUNED_SPEEDUP times faster than mcc's default schedule (the others keep
-    the default schedule)."""
+    """(in-memory database, unmeasured): each kernel's best tuned record, for the kernels where that
+    record measured at least MIN_TUNED_SPEEDUP times faster than mcc's default schedule (the others
+    keep the default schedule). A kernel mcc has a default schedule for but `defaults` (None: no
+    defaults database) has no timing of keeps its default too: a record that was never compared
+    may be slower (after DEFAULTS_DIR moves to a new version, every record is such a one until
+    `mcc tune` measures the defaults again); `unmeasured` counts them. Kernels with no default
+    schedule (TVM's naive loops otherwise) keep their record."""
     import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
 
+    from mcc.backends.tvm.schedules.cpu import CpuInfo, schedule
+
+    cpu = CpuInfo.from_target(target)
     kept = ms.database.MemoryDatabase()
+    unmeasured = 0
     seen = set()
     for record in database.get_all_tuning_records():
         workload_mod = record.workload.mod
@@ -284,13 +297,16 @@ def _records_beating(database, defaults, target):
             continue
         seen.add(key)
         best = database.query_tuning_record(workload_mod, target, "main")
-        default = defaults.query_tuning_record(workload_mod, target, "main")
+        default = None if defaults is None else defaults.query_tuning_record(workload_mod, target, "main")
         if best is None or (default is not None and _mean_s(default) < MIN_TUNED_SPEEDUP * _mean_s(best)):
+            continue
+        if default is None and schedule(workload_mod["main"], cpu)[0] is not None:
+            unmeasured += 1
             continue
         workload = kept.commit_workload(workload_mod)
         kept.commit_tuning_record(ms.database.TuningRecord(best.trace, workload, best.run_secs, best.target,
                                                            best.args_info))
-    return kept
+    return kept, unmeasured
 
 
 # --------------------------------------------------------------------------------------------------

@@ -91,12 +91,13 @@ def tuned(tmp_path_factory, target):
         calls = []
         summary_a = tuning.tune(lowered(MODEL_A, target), target, 300, progress=lambda *call: calls.append(call), **QUICK)
         summary_b = tuning.tune(lowered(MODEL_B, target), target, 300, **QUICK)
-        # One trial rarely beats mcc's default schedule, and a record that loses to it is not
-        # applied (test_a_record_is_applied_only_where_it_beats_the_default_schedule): these
-        # tests are about the records, so their default baselines go.
+        # One trial rarely beats mcc's default schedule, and a record that loses to it (or was
+        # never compared with it) is not applied (test_a_record_is_applied_only_where_it_beats_
+        # the_default_schedule): these tests are about the records, so their default baselines
+        # are made slow.
         baselines = tuning.database_dir(target) / tuning.DEFAULTS_DIR
         defaults_measured = len(tuning._lines(baselines / tuning.RECORD_FILE))
-        shutil.rmtree(baselines)
+        _slow_baselines(target)
         yield {"cache": cache, "a": summary_a, "b": summary_b, "progress": calls, "defaults_measured": defaults_measured}
 
 
@@ -117,16 +118,14 @@ def test_tuning_measures_each_default_schedule_once(tuned):
     assert tuned["defaults_measured"] == 3
 
 
-def _baselines(tuned, tmp_path, monkeypatch, target, seconds: float | None, ratio: float = 1.0) -> None:
-    """A copy of the tuned cache whose default baselines all measured `seconds`, or `ratio` times
-    their kernel's record."""
+def _slow_baselines(target, seconds: float | None = 100.0, ratio: float = 1.0) -> None:
+    """The current cache's default baselines replaced: every record's kernel measured `seconds`, or
+    `ratio` times its record."""
     from tvm.s_tir import meta_schedule as ms
 
-    copy = tmp_path / "cache"
-    shutil.copytree(tuned["cache"], copy)
-    use_cache(monkeypatch, copy)
     directory = tuning.database_dir(target)
     records = tuning._json_database(directory)
+    shutil.rmtree(directory / tuning.DEFAULTS_DIR, ignore_errors=True)
     (directory / tuning.DEFAULTS_DIR).mkdir()
     defaults = tuning._json_database(directory / tuning.DEFAULTS_DIR)
     for record in records.get_all_tuning_records():
@@ -134,6 +133,36 @@ def _baselines(tuned, tmp_path, monkeypatch, target, seconds: float | None, rati
         measured = seconds if seconds is not None else ratio * float(record.run_secs[0])
         defaults.commit_tuning_record(ms.database.TuningRecord(record.trace, workload, [measured], target,
                                                                record.args_info))
+
+
+def _baselines(tuned, tmp_path, monkeypatch, target, seconds: float | None, ratio: float = 1.0) -> None:
+    """A copy of the tuned cache whose default baselines all measured `seconds`, or `ratio` times
+    their kernel's record."""
+    copy = tmp_path / "cache"
+    shutil.copytree(tuned["cache"], copy)
+    use_cache(monkeypatch, copy)
+    _slow_baselines(target, seconds, ratio)
+
+
+def test_records_never_compared_with_the_default_are_not_applied(tuned, tmp_path, monkeypatch, target):
+    """After the defaults database moves to a new version (or is lost), the records stay but have
+    no default timing to beat: mcc keeps its default schedules and says why."""
+    import logging
+
+    copy = tmp_path / "cache"
+    shutil.copytree(tuned["cache"], copy)
+    use_cache(monkeypatch, copy)
+    shutil.rmtree(tuning.database_dir(target) / tuning.DEFAULTS_DIR)
+    notes = []
+    handler = logging.Handler()
+    handler.emit = lambda record: notes.append(record.getMessage())
+    tuning.log.addHandler(handler)
+    try:
+        assert tuning.apply_records(lowered(MODEL_A, target), target)[1] == []
+    finally:
+        tuning.log.removeHandler(handler)
+    # the database holds models A and B: three kernels, each with a default schedule
+    assert any("3 tuned record(s) not used" in note and "mcc tune" in note for note in notes), notes
 
 
 def test_a_record_is_applied_only_where_it_beats_the_default_schedule(tuned, tmp_path, monkeypatch, target):
