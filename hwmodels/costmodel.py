@@ -164,7 +164,7 @@ def estimate(
         actual = target.computed_as.get(p, p)
         if actual != p:
             note = (f"{target.name} computes {p} as {actual} (no {p} arithmetic): {p} layers are estimated "
-                    f"with {actual} rates, bytes and weights; the artifact keeps {p} inputs and outputs")
+                    f"with {actual} rates, bytes and weights")
             if note not in notes:
                 notes.append(note)
         return actual
@@ -248,8 +248,9 @@ def estimate(
     weights_bytes = sum(tensor_bytes(name, types, p) for name, p in weight_precision.items())
 
     if precision == "native":
-        def buffer_precision(name: str) -> str:
-            return computed(native_precision(name, types))
+        def buffer_precision(name: str) -> str:  # each tensor its own size, unless computed otherwise
+            native = native_precision(name, types)
+            return computed(native) if native in target.computed_as else "native"
     else:
         def buffer_precision(name: str) -> str:
             return computed(precision)

@@ -214,9 +214,10 @@ def validate_target_data(data: dict) -> None:
     if not data["support"]["precisions"]:
         raise TargetSchemaError("field 'support.precisions' must list at least one precision")
     for precision, actual in data["support"].get("computed_as", {}).items():
-        if precision not in PRECISIONS or actual not in PRECISIONS:
-            raise TargetSchemaError(f"field 'support.computed_as.{precision}': both precisions must be one of "
-                                    f"{', '.join(PRECISIONS)}, got {actual!r}")
+        for name in (precision, actual):
+            if name not in PRECISIONS:
+                raise TargetSchemaError(f"field 'support.computed_as.{precision}': unknown precision {name!r} "
+                                        f"(use {', '.join(PRECISIONS)})")
     if not all(isinstance(op, str) for op in data["support"].get("excluded_ops", [])):
         raise TargetSchemaError("field 'support.excluded_ops' must list op names (strings)")
     if data["power"]["idle_w"] > data["power"]["active_w"]:

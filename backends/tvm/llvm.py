@@ -97,7 +97,7 @@ def lower(mod, target, *, default_schedules: bool = True, use_tuning_records: bo
     mod = legalize(mod)
     tuned: list[str] = []
     if use_tuning_records:
-        mod, tuned = tuning.apply_records(mod, target)
+        mod, tuned = tuning.apply_records(mod, target, default_schedules=default_schedules)
     applied: dict[str, str] = {}
     if default_schedules:
         mod, applied = schedules.apply_default_schedules(mod, target, skip=frozenset(tuned))

@@ -9,11 +9,12 @@ the pass that cut six nodes to three cost two kernel launches (silero: 24.5 agai
     sum(x, axis=a)  ->  x[.., 0:1, ..] + x[.., 1:2, ..] (+ ...), squeezed unless keepdims
 
 Additions of slices are elementwise, so the whole chain fuses into one kernel again. TVM's sum
-adds the elements in index order starting from zero; `0 + x0` is `x0` exactly, so the additions
-here, left to right in the same (row-major) order, give bit-identical results.
+adds the elements in index order starting from +0; `0 + x0` is `x0` (but for the sign of a zero),
+so the additions here, left to right in the same (row-major) order, give the same results (a sum
+of negative zeros stays -0 here, +0 in TVM's).
 
-Applied (Relax, before legalization, CPU targets) to every `sum` whose reduced axes are static
-and hold at most `MAX_ELEMENTS` elements in all.
+Applied (Relax, before legalization, CPU targets) to every `sum` of a static-shape tensor whose
+reduced axes hold at most `MAX_ELEMENTS` elements in all.
 """
 
 from __future__ import annotations

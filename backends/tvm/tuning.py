@@ -214,10 +214,12 @@ def check_database(target) -> list[str]:
 # Applying records
 
 
-def apply_records(mod, target):
+def apply_records(mod, target, default_schedules: bool = True):
     """(module with tuned PrimFuncs replaced, names of the kernels that got a tuned schedule).
 
-    `mod` is a legalized and fused Relax module; free when the target has no database.
+    `mod` is a legalized and fused Relax module; free when the target has no database. With
+    `default_schedules` False (the compile leaves untuned kernels as TVM's loops) a record is not
+    held back for lack of a default timing to compare with.
     """
     directory = database_dir(target)
     if not (directory / RECORD_FILE).is_file():
@@ -230,7 +232,7 @@ def apply_records(mod, target):
     if (directory / DEFAULTS_DIR / RECORD_FILE).is_file():
         defaults, more = _open(directory / DEFAULTS_DIR, holding_lock=False)
         notes = notes + more
-    database, unmeasured = _records_beating(database, defaults, target)
+    database, unmeasured = _records_beating(database, defaults, target, drop_unmeasured=default_schedules)
     if unmeasured:
         notes.append(f"{unmeasured} tuned record(s) not used: mcc's default schedule of their kernel has no "
                      f"timing in this database ({DEFAULTS_DIR}, the way mcc builds kernels now); "
@@ -273,18 +275,31 @@ def _mean_s(record) -> float:
 MIN_TUNED_SPEEDUP = 1.1
 
 
-def _records_beating(database, defaults, target):
+def _has_default_schedule(func, cpu) -> bool:
+    """Whether `apply_default_schedules` would schedule this kernel (a rule fits and its result is
+    well formed)."""
+    import tvm
+
+    from mcc.backends.tvm.schedules.cpu import schedule_func
+
+    scheduled, _ = schedule_func(func, cpu)
+    return scheduled is not None and bool(tvm.s_tir.analysis.verify_well_formed(scheduled, assert_mode=False))
+
+
+def _records_beating(database, defaults, target, drop_unmeasured: bool = True):
     """(in-memory database, unmeasured): each kernel's best tuned record, for the kernels where that
     record measured at least MIN_TUNED_SPEEDUP times faster than mcc's default schedule (the others
-    keep the default schedule). A kernel mcc has a default schedule for but `defaults` (None: no
-    defaults database) has no timing of keeps its default too: a record that was never compared
-    may be slower (after DEFAULTS_DIR moves to a new version, every record is such a one until
-    `mcc tune` measures the defaults again); `unmeasured` counts them. Kernels with no default
-    schedule (TVM's naive loops otherwise) keep their record."""
+    keep the default schedule). Without a defaults database of this version (`defaults` None:
+    DEFAULTS_DIR moved on, or the folder is lost) no record was compared with today's default, and
+    a kernel mcc has a default schedule for keeps that default (a record may be slower); `unmeasured`
+    counts them, until `mcc tune` measures the defaults again. Kernels with no default schedule
+    (TVM's naive loops otherwise) keep their record, and so does a kernel missing from an existing
+    defaults database: `mcc tune` tried to measure its default and could not (TVM refused its
+    re-layout, or it failed to build or run)."""
     import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
 
-    from mcc.backends.tvm.schedules.cpu import CpuInfo, schedule
+    from mcc.backends.tvm.schedules.cpu import CpuInfo
 
     cpu = CpuInfo.from_target(target)
     kept = ms.database.MemoryDatabase()
@@ -300,7 +315,7 @@ def _records_beating(database, defaults, target):
         default = None if defaults is None else defaults.query_tuning_record(workload_mod, target, "main")
         if best is None or (default is not None and _mean_s(default) < MIN_TUNED_SPEEDUP * _mean_s(best)):
             continue
-        if default is None and schedule(workload_mod["main"], cpu)[0] is not None:
+        if defaults is None and drop_unmeasured and _has_default_schedule(workload_mod["main"], cpu):
             unmeasured += 1
             continue
         workload = kept.commit_workload(workload_mod)
@@ -441,7 +456,10 @@ def tune(mod, target, budget_s: float, progress=None, runner=None, work_dir=None
                 summary.already_in_database.append(task.task_name)
             else:
                 pending.append(task)
-        if pending:
+        # kernels tuned earlier whose default schedule has no timing in this version's defaults
+        # (DEFAULTS_DIR moved on): measured again, or apply_records keeps their default
+        recorded = [task for task in tasks if task.task_name in summary.already_in_database]
+        if pending or _without_default_timing(recorded, target):
             # the largest kernels first: a short budget goes where the time is
             pending.sort(key=lambda task: -task.weight * _estimate_flops(task.dispatched[0]))
             log_dir = Path(work_dir) if work_dir is not None else directory
@@ -449,7 +467,7 @@ def tune(mod, target, budget_s: float, progress=None, runner=None, work_dir=None
             summary.log = str(log_dir / LOG_FILE)
             with _metaschedule_log(log_dir / LOG_FILE), _stop_on_interrupt() as interrupted:
                 _tune_pending(pending, target, database, summary, start + budget_s, progress, runner,
-                              max_trials_per_task, trials_per_round, search, seed, interrupted)
+                              max_trials_per_task, trials_per_round, search, seed, interrupted, recorded)
         summary.wall_s = time.monotonic() - start
         return summary
 
@@ -515,12 +533,24 @@ def _metaschedule_log(path: Path):
         logger.propagate = saved[1]
 
 
+def _without_default_timing(tasks, target) -> bool:
+    """Whether any of `tasks` has no measured default schedule in this version's defaults database."""
+    folder = database_dir(target) / DEFAULTS_DIR
+    if not tasks:
+        return False
+    if not (folder / RECORD_FILE).is_file():
+        return True
+    defaults, _ = _open(folder, holding_lock=True)
+    return any(defaults.query_tuning_record(task.dispatched[0], target, task.task_name) is None for task in tasks)
+
+
 def _tune_pending(pending, target, database, summary: TuneSummary, deadline: float, progress, runner,
                   max_trials_per_task: int, trials_per_round: int, search: str, seed: int,
-                  interrupted: list) -> None:
+                  interrupted: list, recorded=()) -> None:
     """Rounds of at most `trials_per_round` trials per task until each has `max_trials_per_task`,
     the deadline comes or `interrupted` fills; a batch is shrunk, or not started, when the time
-    left cannot pay for it."""
+    left cannot pay for it. The default schedules of `pending` and of `recorded` (tasks tuned
+    earlier) are measured first where the defaults database has no timing of them."""
     from tvm.s_tir import meta_schedule as ms
 
     _import_tensor_intrinsics()
@@ -538,8 +568,10 @@ def _tune_pending(pending, target, database, summary: TuneSummary, deadline: flo
     (database_dir(target) / DEFAULTS_DIR).mkdir(exist_ok=True)
     defaults, notes = _open(database_dir(target) / DEFAULTS_DIR, holding_lock=True)
     summary.notes.extend(notes)
-    summary.default_schedules_measured = _seed_default_schedules(pending, target, defaults, builder, runner,
-                                                                 deadline, interrupted)
+    summary.default_schedules_measured = _seed_default_schedules(list(pending) + list(recorded), target, defaults,
+                                                                 builder, runner, deadline, interrupted)
+    if not pending:
+        return
 
     trials_per_round = max(1, min(trials_per_round, max_trials_per_task))
     rounds = math.ceil(max_trials_per_task / trials_per_round)

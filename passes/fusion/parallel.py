@@ -33,7 +33,7 @@ from mcc.toolchain import ir
 from mcc.toolchain.passmanager import Pass, PassContext, PassResult
 
 
-def _sibling_key(node: onnx.NodeProto, weights: dict[str, np.ndarray], inputs: set[str]):
+def _sibling_key(node: onnx.NodeProto, weights: dict[str, np.ndarray], inputs: set[str], opset: int):
     """What siblings must share to merge (None: the node cannot merge)."""
     if node.domain not in ("", "ai.onnx") or len(node.output) != 1 or len(node.input) < 2:
         return None
@@ -51,7 +51,7 @@ def _sibling_key(node: onnx.NodeProto, weights: dict[str, np.ndarray], inputs: s
         if len(node.input) > 2 and node.input[2] and (node.input[2] not in weights or node.input[2] in inputs):
             return None
         return ("Conv", node.input[0], attributes, weight.dtype.str, weight.shape[1:])
-    if node.op_type == "MatMul" and weight.ndim == 2:
+    if node.op_type == "MatMul" and weight.ndim == 2 and opset >= 11:  # Split's axis -1 is opset 11's
         return ("MatMul", node.input[0], attributes, weight.dtype.str, weight.shape[:1])
     return None
 
@@ -76,7 +76,7 @@ class CombineParallel(Pass):
             for name in node.input[1:3]:
                 if name in weights and name not in arrays:
                     arrays[name] = numpy_helper.to_array(weights[name])
-            key = _sibling_key(node, arrays, inputs)
+            key = _sibling_key(node, arrays, inputs, ir.opset_version(model))
             if key is not None:
                 groups[key].append(index)
         groups = {key: members for key, members in groups.items() if len(members) > 1}

@@ -163,6 +163,13 @@ def test_records_never_compared_with_the_default_are_not_applied(tuned, tmp_path
         tuning.log.removeHandler(handler)
     # the database holds models A and B: three kernels, each with a default schedule
     assert any("3 tuned record(s) not used" in note and "mcc tune" in note for note in notes), notes
+    # a compile that leaves untuned kernels as TVM's loops still takes the records
+    assert tuning.apply_records(lowered(MODEL_A, target), target, default_schedules=False)[1] == sorted(
+        [SHARED, "matmul11"])
+    # and `mcc tune` on a model whose kernels all have records measures their defaults again
+    summary = tuning.tune(lowered(MODEL_A, target), target, 300, **QUICK)
+    assert sorted(summary.already_in_database) == sorted([SHARED, "matmul11"])
+    assert summary.default_schedules_measured == 2
 
 
 def test_a_record_is_applied_only_where_it_beats_the_default_schedule(tuned, tmp_path, monkeypatch, target):

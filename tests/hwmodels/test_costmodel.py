@@ -412,3 +412,15 @@ def test_fp16_a_target_computes_as_fp32_is_estimated_as_fp32_with_a_note():
     assert native.arena_mb == pytest.approx(as_fp32.arena_mb)
     assert any("computes fp16 as fp32" in note for note in native.notes)
     assert estimate(conv_relu_model(), target, precision="fp16").latency_ms == pytest.approx(as_fp32.latency_ms)
+
+
+def test_float64_tensors_keep_their_size_in_a_native_estimate():
+    """Buffers of a native estimate are each tensor's own size: float64 stays 8 bytes a value."""
+    model = conv_relu_model()
+    for value in list(model.graph.input) + list(model.graph.output):
+        value.type.tensor_type.elem_type = TensorProto.DOUBLE
+    for tensor in model.graph.initializer:
+        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float64), tensor.name))
+    as64 = estimate(model, synthetic_target(support__computed_as={"fp16": "fp32"}))
+    as32 = estimate(conv_relu_model(), synthetic_target())
+    assert as64.arena_mb == pytest.approx(2 * as32.arena_mb)

@@ -98,6 +98,18 @@ def test_old_opsets_get_split_sizes_as_an_attribute():
     assert_same_function(model, result.model)
 
 
+def test_matmuls_of_opsets_before_11_stay():
+    """Split takes a negative axis from opset 11 on; MatMul siblings are merged only there."""
+    rng = np.random.default_rng(2)
+    weights = {name: rng.normal(size=(8, 4)).astype(np.float32) for name in ("wq", "wk")}
+    nodes = [helper.make_node("MatMul", ["x", w], [w[1]]) for w in weights]
+    nodes.append(helper.make_node("Add", ["q", "k"], ["y"]))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 8])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 4])]
+    assert not run_pass(CombineParallel(), _model(nodes, inputs, outputs, weights, opset=10)).modified
+    assert run_pass(CombineParallel(), _model(nodes, inputs, outputs, weights, opset=11)).modified
+
+
 @pytest.mark.parametrize("build", [
     lambda: stft_model(strides=(4, 2)),  # different attributes
     lambda: stft_model(second_kernel=6),  # different kernel shapes
