@@ -48,8 +48,9 @@ RECORD_FILE = "database_tuning_record.json"
 #: versioned with the way mcc builds them: v2 keeps register tiles on the stack (stack.py), 0.75-0.93x
 #: the time of v1's, so v1's timings would let slower tuned records win. Tuned records keep their
 #: (older, slower-built) times: conservative, a record must beat today's default to be used. v3:
-#: elementwise kernels with an innermost axis of at most 4 unroll it, and keep a concatenation
-#: several stages read as a stage of its own (schedules/cpu.py).
+#: elementwise kernels with an innermost axis of at most 4 unroll it, keep a concatenation
+#: several stages read as a stage of its own, and means over contiguous rows sum in vector lanes
+#: (schedules/cpu.py).
 DEFAULTS_DIR = "default_schedules-v3"
 LOG_FILE = "tune.log"
 LOCK_FILE = ".lock"
