@@ -49,8 +49,8 @@ RECORD_FILE = "database_tuning_record.json"
 #: the time of v1's, so v1's timings would let slower tuned records win. Tuned records keep their
 #: (older, slower-built) times: conservative, a record must beat today's default to be used. v3:
 #: elementwise kernels with an innermost axis of at most 4 unroll it, keep a concatenation
-#: several stages read as a stage of its own, and means over contiguous rows sum in vector lanes
-#: (schedules/cpu.py).
+#: several stages read as a stage of its own, split their vector loop where a select changes
+#: branch, and means over contiguous rows sum in vector lanes (schedules/cpu.py).
 DEFAULTS_DIR = "default_schedules-v3"
 LOG_FILE = "tune.log"
 LOCK_FILE = ".lock"
