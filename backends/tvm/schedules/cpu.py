@@ -151,16 +151,20 @@ def _is_multiply_accumulate(block) -> bool:
     return isinstance(other, tirx.Mul)
 
 
+def _bindings(sch, block_rv) -> list:
+    """The expressions a block's iters are bound to, in order."""
+    from tvm import get_global_func
+
+    return list(get_global_func("s_tir.schedule.GetSBlockRealize")(sch, block_rv).iter_values)
+
+
 def _loops_bind_iters(sch, block_rv) -> list | None:
     """The block's loops when each binds exactly one block iter, in order (legalized TOPI form)."""
     from tvm import tirx
 
     loops = sch.get_loops(block_rv)
     realize = sch.get_sref(block_rv).stmt
-    from tvm import get_global_func
-
-    block_realize = get_global_func("s_tir.schedule.GetSBlockRealize")(sch, block_rv)
-    bindings = list(block_realize.iter_values)
+    bindings = _bindings(sch, block_rv)
     if len(loops) != len(bindings) or len(loops) != len(realize.iter_vars):
         return None
     for loop, binding in zip(loops, bindings):
@@ -238,9 +242,9 @@ def _partition_at_select_bounds(sch, block_rv, loop) -> None:
     without a per-element test LLVM cannot vectorize around. Measured on SqueezeNet int8's input
     quantize-pad-transpose: 83.5 -> 13.6 us (timed alone)."""
     block = sch.get(block_rv)
-    value = getattr(block.body, "value", None)
-    if getattr(getattr(value, "op", None), "name", "") not in SELECT_OPS:
+    if not _is_select(block):
         return
+    value = block.body.value
     loop_var = sch.get(loop).loop_var
     iter_var = next((iv.var for iv, binding in zip(block.iter_vars, _bindings(sch, block_rv))
                      if binding is not None and binding.same_as(loop_var)), None)
@@ -255,12 +259,6 @@ def _partition_at_select_bounds(sch, block_rv, loop) -> None:
         sch.loop_partition(loop, factors=sizes)
     except Exception:  # noqa: BLE001 -- a primitive that refuses leaves the schedule as it was
         pass
-
-
-def _bindings(sch, block_rv) -> list:
-    from tvm import get_global_func
-
-    return list(get_global_func("s_tir.schedule.GetSBlockRealize")(sch, block_rv).iter_values)
 
 
 def _select_bounds(condition, var) -> set[int]:
