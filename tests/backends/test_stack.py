@@ -103,3 +103,53 @@ def test_cpu_targets_get_the_pipeline_others_tvms_default(target, expected):
     from mcc.backends.tvm import stack
 
     assert stack.pipeline_name(tvm.target.Target(target)) == expected
+
+
+def test_rounding_in_an_explicit_vector_loop_stays_vector_and_rounds_half_to_even():
+    """`nearbyint_as_round`: quantization's rounding in a `T.vectorized` loop is compiled to vector
+    instructions (TVM's own pipeline scalarizes the loop) and still rounds ties to even."""
+    import tvm
+    from tvm.script import tirx as T
+
+    from mcc.backends.tvm import stack
+
+    @T.prim_func(s_tir=True)
+    def quantize(x: T.Buffer((16,), "float32"), y: T.Buffer((16,), "uint8")):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        for i in T.vectorized(16):
+            y[i] = T.Cast("uint8", T.min(T.max(T.nearbyint(x[i] * T.float32(0.5)), T.float32(0.0)), T.float32(255.0)))
+
+    # why the pass exists: TVM 0.27's VectorizeLoop turns the loop back into a scalar one (LLVM
+    # re-vectorizes a loop this simple by itself, but not a parallel body's tile epilogue)
+    vectorize = tvm.tirx.transform.VectorizeLoop(True)
+    assert "i_s in range(16)" in vectorize(tvm.IRModule({"main": quantize})).script()
+    assert "T.Ramp(0, 1, 16)" in vectorize(tvm.IRModule({"main": stack.nearbyint_as_round(quantize)})).script()
+
+    target = load_target("host").tvm()
+    ours = tvm.compile(tvm.IRModule({"main": quantize}), target=target, tir_pipeline=stack.pipeline_name(target))
+    ours = ours.mod if hasattr(ours, "mod") else ours
+    assert "<16 x float> @llvm.nearbyint" in ours.inspect_source("ll")
+
+    values = np.array([1.0, 3.0, 5.0, -1.0, 0.9999999, 2.0000002, 7.0, 9.0, 100.0, 101.0, 509.0, 511.0,
+                       -3.0, 0.0, 2.5, 4.999999], np.float32)  # halves: ties at 0.5, 1.5, 2.5, ...
+    out = tvm.runtime.tensor(np.zeros(16, np.uint8))
+    ours(tvm.runtime.tensor(values), out)
+    expected = np.clip(np.rint(values * np.float32(0.5)), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(out.numpy(), expected)
+    assert list(expected[:3]) == [0, 2, 2]  # the ties went to even: 0.5 -> 0, 1.5 -> 2, 2.5 -> 2
+
+
+def test_only_nearbyint_calls_change():
+    import tvm
+    from tvm.script import tirx as T
+
+    from mcc.backends.tvm import stack
+
+    @T.prim_func(s_tir=True)
+    def kernel(x: T.Buffer((4,), "float32"), y: T.Buffer((4,), "float32")):
+        for i in range(4):
+            y[i] = T.nearbyint(x[i]) + T.floor(x[i]) + T.exp(x[i])
+
+    text = stack.nearbyint_as_round(kernel).script()
+    assert "T.round(" in text and "nearbyint" not in text
+    assert "T.floor(" in text and "T.exp(" in text
