@@ -51,7 +51,7 @@ RECORD_FILE = "database_tuning_record.json"
 #: elementwise kernels with an innermost axis of at most 4 unroll it, keep a concatenation
 #: several stages read as a stage of its own, split their vector loop where a select changes
 #: branch, and means over contiguous rows sum in vector lanes (schedules/cpu.py).
-DEFAULTS_DIR = "default_schedules-v3"
+DEFAULTS_DIR = "default_schedules-v4"
 LOG_FILE = "tune.log"
 LOCK_FILE = ".lock"
 #: MetaSchedule's LocalBuilder default (30 s) times out on a loaded 2-core machine, silently

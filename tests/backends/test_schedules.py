@@ -373,11 +373,11 @@ def scaled_boxes(shape):
     return _model(nodes, [("x", shape)], "y", {"s": _weights(1, 1, shape[-1]), "o": _weights(*shape, seed=1)})
 
 
-@pytest.mark.parametrize("shape", [(1, 3000, 4), (1, 4, 3000)])
+@pytest.mark.parametrize("shape", [(1, 30000, 4), (1, 4, 30000)])
 def test_a_short_innermost_axis_is_unrolled_and_the_loop_around_it_left_whole(shape, tmp_path):
-    """An elementwise kernel over [1, 3000, 4] unrolls the 4 (LLVM then vectorizes the loop around
+    """An elementwise kernel over [1, 30000, 4] unrolls the 4 (LLVM then vectorizes the loop around
     it with interleaved loads and stores) and shares that loop's outer part among the cores (its
-    leading axis has one iteration); one over [1, 4, 3000] keeps its innermost 3000 whole."""
+    leading axis has one iteration); one over [1, 4, 30000] keeps its innermost 30000 whole."""
     import re
 
     from mcc.backends.tvm import common, llvm
@@ -393,14 +393,31 @@ def test_a_short_innermost_axis_is_unrolled_and_the_loop_around_it_left_whole(sh
 
         cores = CpuInfo.from_target(load_target("host").tvm()).cores
         if cores > 1:
-            assert f"T.parallel(T.int64({_largest_divisor_at_most(3000, cores)}))" in text, text
+            assert f"T.parallel(T.int64({_largest_divisor_at_most(30000, cores)}))" in text, text
     else:
-        assert "T.unroll" not in text and re.search(r"in T\.grid\(T\.int64\(3000\)\)|in range\(T\.int64\(3000\)\)", text), text
+        assert "T.unroll" not in text and re.search(r"in T\.grid\(T\.int64\(30000\)\)|in range\(T\.int64\(30000\)\)", text), text
     backend = get_backend("tvm-llvm")
     artifact = backend.compile(model, load_target("host").tvm(), {"x": shape}, tmp_path / "m.so")
     feed = {"x": np.random.default_rng(4).normal(size=shape).astype(np.float32)}
     np.testing.assert_allclose(backend.load(artifact.library, model).run(feed)[0], ort_run(model, feed)[0],
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape, parallel", [((1, 3000, 4), False), ((1, 4, 3000), False), ((1, 4, 30000), True)])
+def test_an_elementwise_kernel_runs_on_one_core_below_the_parallel_threshold(shape, parallel):
+    """Starting a parallel loop costs about what an elementwise pass over MIN_PARALLEL_ELEMENTWISE_KERNEL
+    values takes: a smaller elementwise kernel has no parallel loop, a larger one does."""
+    from mcc.backends.tvm import common, llvm
+    from mcc.backends.tvm.schedules.cpu import MIN_PARALLEL_ELEMENTWISE_KERNEL, CpuInfo
+
+    target = load_target("host").tvm()
+    if CpuInfo.from_target(target).cores < 2:
+        pytest.skip("the host target has one core: no kernel gets a parallel loop")
+    assert (int(np.prod(shape)) >= MIN_PARALLEL_ELEMENTWISE_KERNEL) == parallel
+    mod, details = llvm.lower(common.import_onnx(scaled_boxes(shape), {"x": shape}), target, use_tuning_records=False)
+    (text,) = [func.script() for gvar, func in mod.functions_items()
+               if details["default_schedules"].get(gvar.name_hint) == "injective"]
+    assert ("T.parallel(" in text) == parallel, text
 
 
 def box_decoding(readers: int):

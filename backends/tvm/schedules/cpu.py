@@ -50,6 +50,18 @@ MAX_OUTPUT_VECTORS = 3
 MAX_OUTPUT_VECTOR_ACCUMULATORS = 28
 #: below this many output elements per core a kernel is not worth a parallel loop
 MIN_PARALLEL_ELEMENTS = 4096
+#: An elementwise kernel (every stage elementwise: a quantize, a transpose, a concatenation) of
+#: fewer elements than this runs on one core. Starting a parallel loop costs ~1.5 us on the 2-vCPU
+#: host (TVM's thread pool: MNIST int8's 4,096-value input quantize 0.10 us on one core, 1.7 us on
+#: two), about what an elementwise pass over this many values takes. Whole models, A/B in one
+#: process, outputs identical: MNIST int8 0.92x, openWakeWord melspectrogram 0.96x, UltraFace RFB
+#: 0.96x and slim 0.98x (RFB's 17,680-value box gather: 10.8 us against 21.6 alone), SqueezeNet
+#: int8, MNIST fp32, cls, magika, embedding and silero 0.99-1.01x. The elementwise stages of other kernels
+#: (a convolution's padding) keep MIN_PARALLEL_ELEMENTS: on one core while the convolution reading
+#: them ran on two, PP-OCRv5 cls took 1.06x as long. Multiply-accumulate kernels keep their
+#: parallel loops at any size: measured alone, those under ~10,000 vector MACs were 1.5-3x faster
+#: on one core, but in the models silero ran 1.14x and MNIST fp32 1.09x as long that way
+MIN_PARALLEL_ELEMENTWISE_KERNEL = 100_000
 #: an elementwise kernel's innermost axis this short or shorter is unrolled (`schedule_injective`)
 MAX_UNROLLED_INNER = 4
 #: a select stage (concatenation, pad) read by this many stages or more keeps its own loop nest
@@ -193,7 +205,8 @@ def _vector_split(extent: int, lanes: int) -> int:
     return _largest_divisor_at_most(extent, lanes)
 
 
-def schedule_injective(sch, block_rv, cpu: CpuInfo, parallel: bool = True, partition_selects: bool = False) -> None:
+def schedule_injective(sch, block_rv, cpu: CpuInfo, parallel: bool = True, partition_selects: bool = False,
+                      min_parallel: int = MIN_PARALLEL_ELEMENTS) -> None:
     """Leading loops fused and spread over the cores; the innermost loop left whole (and, with
     `partition_selects`, split where a select changes branch along it).
 
@@ -220,7 +233,7 @@ def schedule_injective(sch, block_rv, cpu: CpuInfo, parallel: bool = True, parti
         outer = list(loops[:-2])
         vector_loop = loops[-2]
         leading = total // (extents[-1] * extents[-2])
-        if parallel and cpu.cores > 1 and total >= MIN_PARALLEL_ELEMENTS and leading < cpu.cores:
+        if parallel and cpu.cores > 1 and total >= min_parallel and leading < cpu.cores:
             # too few leading iterations to share ([1, 17640, 4] boxes): the vector loop's outer
             # part goes to the cores (a split keeps its index affine, unlike a fuse)
             chunks = _largest_divisor_at_most(extents[-2], cpu.cores)
@@ -229,7 +242,7 @@ def schedule_injective(sch, block_rv, cpu: CpuInfo, parallel: bool = True, parti
                 outer.append(chunk)
     else:
         vector_loop = loops[-1]
-    if outer and parallel and cpu.cores > 1 and total >= MIN_PARALLEL_ELEMENTS:
+    if outer and parallel and cpu.cores > 1 and total >= min_parallel:
         fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
         sch.parallel(fused)
     if partition_selects:
@@ -940,7 +953,7 @@ def schedule_all_injective(sch, cpu: CpuInfo) -> bool:
         except Exception:
             remaining.append(block_rv)
     for block_rv in remaining + [blocks[-1]]:
-        schedule_injective(sch, block_rv, cpu, partition_selects=True)
+        schedule_injective(sch, block_rv, cpu, partition_selects=True, min_parallel=MIN_PARALLEL_ELEMENTWISE_KERNEL)
     return True
 
 
