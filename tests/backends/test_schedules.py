@@ -511,3 +511,29 @@ def test_an_elementwise_pad_splits_its_vector_loop_at_the_edge(tmp_path):
     feed = {"x": np.random.default_rng(8).normal(size=(1, 3, 64, 224)).astype(np.float32)}
     np.testing.assert_allclose(backend.load(artifact.library, model).run(feed)[0], ort_run(model, feed)[0],
                                rtol=1e-6, atol=1e-6)
+
+
+def mnist_like_pool():
+    """MNIST's first block: an 8-channel convolution, channels-last, and a 2 x 2 max pool over its
+    8 contiguous channels, then the next convolution."""
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], pads=[2, 2, 2, 2]), helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["p", "w1"], ["y"], pads=[2, 2, 2, 2])]
+    return _model(nodes, [("x", (1, 1, 28, 28))], "y", {"w0": _weights(8, 1, 5, 5), "w1": _weights(16, 8, 5, 5, seed=1)})
+
+
+def test_a_pool_over_fewer_channels_than_a_vector_uses_explicit_lanes_on_one_core(tmp_path):
+    """LLVM leaves a loop over 8 channels scalar (under its vector factor of 16): the pool's
+    channels become 8 explicit lanes inside the 2 x 2 window, and a pool this small (6,272 values)
+    runs on one core."""
+    import re
+
+    model = mnist_like_pool()
+    text = _scheduled(model, "max_pool").script()
+    assert re.search(r"for \w+, \w+ in T\.grid\(T\.int64\(2\), T\.int64\(2\)\):\s+for \w+ in T\.vectorized\(T\.int64\(8\)\)", text), text
+    assert "T.parallel" not in text, text
+    backend = get_backend("tvm-llvm")
+    artifact = backend.compile(model, load_target("host").tvm(), {"x": (1, 1, 28, 28)}, tmp_path / "m.so")
+    feed = {"x": np.random.default_rng(5).normal(size=(1, 1, 28, 28)).astype(np.float32)}
+    np.testing.assert_allclose(backend.load(artifact.library, model).run(feed)[0], ort_run(model, feed)[0],
+                               rtol=1e-4, atol=1e-5)
