@@ -50,7 +50,9 @@ RECORD_FILE = "database_tuning_record.json"
 #: (older, slower-built) times: conservative, a record must beat today's default to be used. v3:
 #: elementwise kernels with an innermost axis of at most 4 unroll it, keep a concatenation
 #: several stages read as a stage of its own, split their vector loop where a select changes
-#: branch, and means over contiguous rows sum in vector lanes (schedules/cpu.py).
+#: branch, and means over contiguous rows sum in vector lanes (schedules/cpu.py). v4: rounding
+#: vectorized in integer epilogues (stack.py), small elementwise kernels and pools over fewer
+#: channels than a vector on one core.
 DEFAULTS_DIR = "default_schedules-v4"
 LOG_FILE = "tune.log"
 LOCK_FILE = ".lock"
